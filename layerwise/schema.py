@@ -1,0 +1,49 @@
+"""The one place that names layerwise's files, their keys and the allowed option values."""
+from __future__ import annotations
+
+import torch
+
+TOKEN_SELECTIONS = ("all", "text", "caption", "mean", "last")
+LAYOUTS = ("padded", "ragged")
+NAN_POLICIES = ("zero", "fail", "keep")
+DTYPES = {"auto": None, "bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+
+# Samplesheet columns (assets/schema_input.json describes them for users).
+SAMPLE_ID, IMAGE, GENDER = "sample_id", "image", "gender"
+CAPTION_PREFIX = "caption_"
+GENDERS = ("male", "female", "unknown")
+
+# Keys of every per-(layer, language) file. The first four are the seed's.
+SEED_KEYS = ("layer", "activations", "genders", "hidden_size")
+LAYER_FILE_KEYS = SEED_KEYS + (
+    "language",         # str
+    "sample_ids",       # list[str], in samplesheet order
+    "lengths",          # int64 [N]: positions kept per sample
+    "offsets",          # int64 [N+1]: start of each sample's rows (ragged); cumsum of lengths
+    "token_ids",        # int64: padded [N, T_max] (-1 beyond lengths) / ragged [total]; -1 for `mean`
+    "nan_counts",       # int64 [N]: NaN/Inf values seen per sample (before the policy applied)
+    "token_selection",  # str, one of TOKEN_SELECTIONS
+    "layout",           # str, one of LAYOUTS
+    "dtype",            # str, e.g. "bfloat16"
+    "nan_policy",       # str, one of NAN_POLICIES
+    "model_id",         # str: hub id or local path given by the user
+    "model_revision",   # str: hub commit / revision, or "local"
+    "num_layers",       # int: decoder layers in the model
+)
+PAD_TOKEN_ID = -1  # token_ids value beyond a sample's length in the padded layout
+
+
+def layer_filename(layer: int, language: str) -> str:
+    return f"layer_{layer}_{language}.pt"
+
+
+def combined_filename(language: str) -> str:
+    return f"activations_{language}_all_layers.pt"
+
+
+def caption_column(language: str) -> str:
+    return f"{CAPTION_PREFIX}{language}"
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")

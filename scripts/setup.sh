@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# One-time set-up of a fresh machine (idempotent: re-runs reuse what is installed):
+#   1. the pinned Nextflow engine from Maven Central into nextflow-runtime/lib;
+#   2. the pinned Python environment into .venv;
+#   3. the offline fixtures (tiny Gemma 3, tokenizer, synthetic samplesheet) into tests/fixtures/build.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+command -v java >/dev/null || { echo "setup: java (JDK 17+) is required for Nextflow" >&2; exit 1; }
+command -v mvn >/dev/null || { echo "setup: mvn is required to resolve Nextflow from Maven Central" >&2; exit 1; }
+scripts/install-nextflow.sh
+python="${PYTHON:-python3}"
+[[ -x .venv/bin/python ]] || "$python" -m venv .venv
+stamp=.venv/.requirements.sha256
+want=$(cat requirements.txt requirements-test.txt | sha256sum | cut -d' ' -f1)
+if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+    .venv/bin/pip install -q --disable-pip-version-check -r requirements-test.txt
+    echo "$want" > "$stamp"
+fi
+.venv/bin/python bin/layerwise-make-fixtures --out tests/fixtures/build
