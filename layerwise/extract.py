@@ -1,0 +1,227 @@
+"""One extraction work unit: a list of layers x one language x a range of samplesheet rows.
+
+Every input is checked before the model is loaded. Activations leave the accelerator batch by
+batch and are appended to on-disk scratch files (store.LayerFileWriter); every
+`checkpoint_interval` samples the progress is committed atomically, so re-running the same
+command after a kill continues from the last commit and gives the same files.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from . import schema
+from .capture import capture_layers, run_until
+from .errors import LayerwiseError
+from .inputs import EncodedBatch, InputBuilder, load_rgb, selection_mask
+from .layers import parse_layer_spec
+from .model import LoadedModel, load_config, load_model, resolve_dtype, pick_device, text_dims
+from .prompts import load_prompts, prompt_for
+from .samplesheet import iter_samples, parse_rows, read_samplesheet
+from .store import LayerFileWriter, atomic_torch_save, atomic_write_json
+
+PARTIAL_DIR = ".partial"
+
+
+@dataclass(frozen=True)
+class UnitConfig:
+    samplesheet: str
+    model: str
+    language: str
+    layers: str
+    out_dir: str
+    revision: str | None = None
+    rows: str | None = None
+    batch_size: int = 1
+    checkpoint_interval: int = 50
+    dtype: str = "auto"
+    token_selection: str = "all"
+    layout: str = "padded"
+    nan_policy: str = "zero"
+    prompts: str | None = None
+    device: str = "auto"
+
+    def fingerprint(self) -> str:
+        """Identity of the unit's output; batch size and checkpointing do not change values."""
+        keep = {k: v for k, v in asdict(self).items() if k not in ("batch_size", "checkpoint_interval", "device")}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class Preflight:
+    samples: list          # samplesheet.Sample, in row order
+    layers: list[int]
+    prompt: str
+    num_layers: int
+    hidden_size: int
+    model_type: str
+
+
+def preflight(cfg: UnitConfig) -> Preflight:
+    """Every check that needs no model weights: run before any GPU time is spent."""
+    for name, value, allowed in (("--token-selection", cfg.token_selection, schema.TOKEN_SELECTIONS),
+                                 ("--layout", cfg.layout, schema.LAYOUTS),
+                                 ("--nan-policy", cfg.nan_policy, schema.NAN_POLICIES)):
+        if value not in allowed:
+            raise LayerwiseError(f"{name} {value!r} is not one of {', '.join(allowed)}")
+    if cfg.batch_size < 1:
+        raise LayerwiseError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if cfg.checkpoint_interval < 1:
+        raise LayerwiseError(f"--checkpoint-interval must be >= 1, got {cfg.checkpoint_interval}")
+    prompt = prompt_for(cfg.language, load_prompts(cfg.prompts))
+    config = load_config(cfg.model, cfg.revision)
+    num_layers, hidden = text_dims(config)
+    resolve_dtype(cfg.dtype, pick_device(cfg.device), config.model_type)
+    layers = parse_layer_spec(cfg.layers, num_layers)
+    table = read_samplesheet(cfg.samplesheet, [cfg.language], check_images=True)
+    rows = parse_rows(cfg.rows, len(table)) if cfg.rows else None
+    samples = list(iter_samples(table, cfg.language, rows))
+    if not samples:
+        raise LayerwiseError(f"--rows {cfg.rows}: selects no samples of {cfg.samplesheet}")
+    return Preflight(samples, layers, prompt, num_layers, hidden, config.model_type)
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _select(hidden: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, selection: str):
+    """(rows [T_i, H], token ids [T_i]) of one sample for one layer."""
+    rows, token_ids = hidden[mask], ids[mask.cpu()]
+    if selection == "mean":
+        return rows.float().mean(dim=0, keepdim=True).to(hidden.dtype), torch.full((1,), schema.PAD_TOKEN_ID)
+    return rows, token_ids
+
+
+def _apply_nan_policy(rows: torch.Tensor, policy: str, where: str) -> tuple[torch.Tensor, int]:
+    bad = int((~torch.isfinite(rows)).sum())
+    if bad and policy == "fail":
+        raise LayerwiseError(f"{bad} NaN/Inf values in {where} (--nan-policy fail)")
+    if bad and policy == "zero":
+        rows = torch.nan_to_num(rows, nan=0.0, posinf=0.0, neginf=0.0)
+    return rows, bad
+
+
+class Extractor:
+    """Runs a unit with an already loaded model (the model can be reused across units)."""
+
+    def __init__(self, loaded: LoadedModel):
+        self.loaded = loaded
+        self.builder = InputBuilder(loaded.processor)
+
+    def encode(self, samples, prompt: str, language: str) -> EncodedBatch:
+        images = [load_rgb(s.image) for s in samples]
+        captions = [s.captions[language] for s in samples]
+        return self.builder.encode(images, [prompt] * len(samples), captions, self.loaded.device, self.loaded.dtype)
+
+    @torch.inference_mode()
+    def forward(self, batch: EncodedBatch, layers: list[int]) -> dict[int, torch.Tensor]:
+        with capture_layers(self.loaded.model, layers) as captured:
+            run_until(self.loaded.model, **batch.inputs)
+        return dict(captured)
+
+    def run(self, cfg: UnitConfig, pre: Preflight, on_batch: Callable[[int], None] | None = None) -> dict:
+        out_dir = Path(cfg.out_dir)
+        scratch = out_dir / PARTIAL_DIR
+        scratch.mkdir(parents=True, exist_ok=True)
+        progress_path = scratch / "progress.pt"
+        dtype = self.loaded.dtype
+        writers = {
+            layer: LayerFileWriter(out_dir / schema.layer_filename(layer, cfg.language), scratch / f"layer_{layer}",
+                                   pre.hidden_size, dtype, cfg.layout)
+            for layer in pre.layers
+        }
+        done = self._restore(progress_path, cfg, writers)
+        resumed_from = done
+        started, positions = time.perf_counter(), 0
+        bar = tqdm(total=len(pre.samples), initial=done, unit="sample", desc=f"{cfg.language} layers {cfg.layers}",
+                   file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
+        last_commit = done
+        while done < len(pre.samples):
+            chunk = pre.samples[done:done + cfg.batch_size]
+            batch = self.encode(chunk, pre.prompt, cfg.language)
+            keep = selection_mask(batch, cfg.token_selection)
+            captured = self.forward(batch, pre.layers)
+            for layer, hidden in captured.items():
+                for b, sample in enumerate(chunk):
+                    rows, ids = _select(hidden[b], batch.input_ids[b], keep[b].to(hidden.device), cfg.token_selection)
+                    rows, bad = _apply_nan_policy(rows, cfg.nan_policy, f"layer {layer}, sample {sample.sample_id}")
+                    writers[layer].append(rows, ids, bad)
+            positions += int(keep.sum()) if cfg.token_selection not in ("mean", "last") else len(chunk)
+            done += len(chunk)
+            bar.update(len(chunk))
+            if done - last_commit >= cfg.checkpoint_interval and done < len(pre.samples):
+                self._commit(progress_path, cfg, writers, done)
+                last_commit = done
+            if on_batch is not None:
+                on_batch(done)
+        bar.close()
+        seconds = time.perf_counter() - started
+        meta = self._meta(cfg, pre)
+        bytes_written = sum(w.finish({**meta, "layer": layer}) for layer, w in writers.items())
+        nan_counts = {str(layer): int(sum(w.nan_counts)) for layer, w in writers.items()}
+        summary = {
+            "language": cfg.language, "layers": pre.layers, "rows": cfg.rows, "samples": len(pre.samples),
+            "samples_this_run": len(pre.samples) - resumed_from, "resumed_from_sample": resumed_from,
+            "positions_kept": positions, "seconds": round(seconds, 3),
+            "samples_per_s": round((len(pre.samples) - resumed_from) / seconds, 3) if seconds else None,
+            "bytes_written": bytes_written, "nan_counts": nan_counts, "peak_host_memory_bytes": _peak_rss_bytes(),
+            "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated() if self.loaded.device.type == "cuda" else None,
+            "device": str(self.loaded.device), "dtype": schema.dtype_name(dtype), "batch_size": cfg.batch_size,
+            "token_selection": cfg.token_selection, "layout": cfg.layout, "model_id": cfg.model,
+        }
+        atomic_write_json(out_dir / "summary.json", summary)
+        shutil.rmtree(scratch, ignore_errors=True)
+        return summary
+
+    def _meta(self, cfg: UnitConfig, pre: Preflight) -> dict:
+        return {
+            "genders": [s.gender for s in pre.samples], "language": cfg.language,
+            "sample_ids": [s.sample_id for s in pre.samples], "token_selection": cfg.token_selection,
+            "nan_policy": cfg.nan_policy, "model_id": cfg.model, "model_revision": self.loaded.revision,
+            "num_layers": pre.num_layers,
+        }
+
+    @staticmethod
+    def _commit(path: Path, cfg: UnitConfig, writers: dict[int, LayerFileWriter], done: int) -> None:
+        state = {"fingerprint": cfg.fingerprint(), "done": done,
+                 "writers": {str(layer): w.state() for layer, w in writers.items()}}
+        atomic_torch_save(state, path)
+
+    @staticmethod
+    def _restore(path: Path, cfg: UnitConfig, writers: dict[int, LayerFileWriter]) -> int:
+        if not path.exists():
+            for w in writers.values():
+                w.restore({"lengths": [], "token_ids": torch.zeros(0, dtype=torch.int64), "nan_counts": [],
+                           "raw_bytes": 0})
+            return 0
+        state = torch.load(path, weights_only=True)
+        if state["fingerprint"] != cfg.fingerprint() or set(state["writers"]) != {str(k) for k in writers}:
+            print("layerwise: discarding a checkpoint of a different work unit", file=sys.stderr)
+            path.unlink()
+            return Extractor._restore(path, cfg, writers)
+        for layer, w in writers.items():
+            w.restore(state["writers"][str(layer)])
+        print(f"layerwise: resuming after sample {state['done']} (last checkpoint)", file=sys.stderr)
+        return int(state["done"])
+
+
+def run_unit(cfg: UnitConfig, on_batch: Callable[[int], None] | None = None,
+             loaded: LoadedModel | None = None) -> dict:
+    """Check everything, load the model, extract, write files; returns the run summary."""
+    pre = preflight(cfg)
+    for layer in pre.layers:  # nothing stale may look complete while this unit runs
+        (Path(cfg.out_dir) / schema.layer_filename(layer, cfg.language)).unlink(missing_ok=True)
+    if loaded is None:
+        loaded = load_model(cfg.model, cfg.revision, cfg.dtype, cfg.device)
+    return Extractor(loaded).run(cfg, pre, on_batch)
