@@ -1,0 +1,37 @@
+"""Shared pytest fixtures. Tests run offline on a tiny random Gemma 3 built by layerwise.fixtures."""
+import os
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # set before anything imports transformers / huggingface_hub
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # test the checkout's layerwise, as bin/ scripts do
+FIXTURE_BUILD = ROOT / "tests" / "fixtures" / "build"  # scripts/setup.sh builds the same folder
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def fixture_dir() -> Path:
+    """The fixture build (model/, data/): built once, reused while its version stamp matches."""
+    from layerwise import fixtures
+
+    fixtures.ensure_fixtures(FIXTURE_BUILD)
+    return FIXTURE_BUILD
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(fixture_dir) -> Path:
+    """Tiny Gemma3ForConditionalGeneration + Gemma3Processor, loadable with local_files_only=True."""
+    return fixture_dir / "model"
+
+
+@pytest.fixture(scope="session")
+def samplesheet(fixture_dir) -> Path:
+    """Synthetic samplesheet (12 rows; image paths relative to it)."""
+    return fixture_dir / "data" / "samples.csv"
