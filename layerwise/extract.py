@@ -23,6 +23,7 @@ from tqdm import tqdm
 from . import schema
 from .capture import capture_layers, run_until
 from .errors import LayerwiseError
+from .images import ImageFeatures, VisionCallCounter
 from .inputs import EncodedBatch, InputBuilder, load_rgb, selection_mask
 from .layers import parse_layer_spec
 from .model import LoadedModel, load_config, load_model, resolve_dtype, pick_device, text_dims
@@ -50,6 +51,7 @@ class UnitConfig:
     nan_policy: str = "zero"
     prompts: str | None = None
     device: str = "auto"
+    image_features: str | None = None  # from encode_images: skip the vision tower
 
     def fingerprint(self) -> str:
         """Identity of the unit's output; batch size and checkpointing do not change values."""
@@ -95,14 +97,6 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _select(hidden: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, selection: str):
-    """(rows [T_i, H], token ids [T_i]) of one sample for one layer."""
-    rows, token_ids = hidden[mask], ids[mask.cpu()]
-    if selection == "mean":
-        return rows.float().mean(dim=0, keepdim=True).to(hidden.dtype), torch.full((1,), schema.PAD_TOKEN_ID)
-    return rows, token_ids
-
-
 def _apply_nan_policy(rows: torch.Tensor, policy: str, where: str) -> tuple[torch.Tensor, int]:
     bad = int((~torch.isfinite(rows)).sum())
     if bad and policy == "fail":
@@ -115,14 +109,20 @@ def _apply_nan_policy(rows: torch.Tensor, policy: str, where: str) -> tuple[torc
 class Extractor:
     """Runs a unit with an already loaded model (the model can be reused across units)."""
 
-    def __init__(self, loaded: LoadedModel):
+    def __init__(self, loaded: LoadedModel, image_features: ImageFeatures | None = None):
         self.loaded = loaded
         self.builder = InputBuilder(loaded.processor)
+        self.image_features = image_features
 
     def encode(self, samples, prompt: str, language: str) -> EncodedBatch:
         images = [load_rgb(s.image) for s in samples]
         captions = [s.captions[language] for s in samples]
-        return self.builder.encode(images, [prompt] * len(samples), captions, self.loaded.device, self.loaded.dtype)
+        batch = self.builder.encode(images, [prompt] * len(samples), captions, self.loaded.device, self.loaded.dtype)
+        if self.image_features is not None:
+            del batch.inputs["pixel_values"]
+            batch.inputs["mm_encoder_outputs"] = self.image_features.for_samples(
+                [s.sample_id for s in samples], self.loaded.device, self.loaded.dtype)
+        return batch
 
     @torch.inference_mode()
     def forward(self, batch: EncodedBatch, layers: list[int]) -> dict[int, torch.Tensor]:
@@ -147,25 +147,21 @@ class Extractor:
         bar = tqdm(total=len(pre.samples), initial=done, unit="sample", desc=f"{cfg.language} layers {cfg.layers}",
                    file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
         last_commit = done
-        while done < len(pre.samples):
-            chunk = pre.samples[done:done + cfg.batch_size]
-            batch = self.encode(chunk, pre.prompt, cfg.language)
-            keep = selection_mask(batch, cfg.token_selection)
-            captured = self.forward(batch, pre.layers)
-            for layer, hidden in captured.items():
-                for b, sample in enumerate(chunk):
-                    rows, ids = _select(hidden[b], batch.input_ids[b], keep[b].to(hidden.device), cfg.token_selection)
-                    rows, bad = _apply_nan_policy(rows, cfg.nan_policy, f"layer {layer}, sample {sample.sample_id}")
-                    writers[layer].append(rows, ids, bad)
-            positions += int(keep.sum()) if cfg.token_selection not in ("mean", "last") else len(chunk)
-            done += len(chunk)
-            bar.update(len(chunk))
-            if done - last_commit >= cfg.checkpoint_interval and done < len(pre.samples):
-                self._commit(progress_path, cfg, writers, done)
-                last_commit = done
-            if on_batch is not None:
-                on_batch(done)
-        bar.close()
+        vision = VisionCallCounter(self.loaded.model)
+        try:
+            while done < len(pre.samples):
+                chunk = pre.samples[done:done + cfg.batch_size]
+                positions += self._extract_batch(cfg, pre, chunk, writers)
+                done += len(chunk)
+                bar.update(len(chunk))
+                if done - last_commit >= cfg.checkpoint_interval and done < len(pre.samples):
+                    self._commit(progress_path, cfg, writers, done)
+                    last_commit = done
+                if on_batch is not None:
+                    on_batch(done)
+        finally:
+            bar.close()
+            vision.close()
         seconds = time.perf_counter() - started
         meta = self._meta(cfg, pre)
         bytes_written = sum(w.finish({**meta, "layer": layer}) for layer, w in writers.items())
@@ -177,12 +173,34 @@ class Extractor:
             "samples_per_s": round((len(pre.samples) - resumed_from) / seconds, 3) if seconds else None,
             "bytes_written": bytes_written, "nan_counts": nan_counts, "peak_host_memory_bytes": _peak_rss_bytes(),
             "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated() if self.loaded.device.type == "cuda" else None,
+            "vision_tower_images": vision.images, "image_features": cfg.image_features,
             "device": str(self.loaded.device), "dtype": schema.dtype_name(dtype), "batch_size": cfg.batch_size,
             "token_selection": cfg.token_selection, "layout": cfg.layout, "model_id": cfg.model,
         }
         atomic_write_json(out_dir / "summary.json", summary)
         shutil.rmtree(scratch, ignore_errors=True)
         return summary
+
+    def _extract_batch(self, cfg: UnitConfig, pre: Preflight, chunk, writers) -> int:
+        """Forward one batch and append each sample's kept rows to every layer's writer."""
+        batch = self.encode(chunk, pre.prompt, cfg.language)
+        keep = selection_mask(batch, cfg.token_selection)
+        counts = keep.sum(dim=1).tolist()
+        captured = self.forward(batch, pre.layers)
+        keep_dev = keep.to(self.loaded.device)
+        for layer, hidden in captured.items():
+            # One gather and one device-to-host copy per layer and batch, then split per sample.
+            kept = hidden[keep_dev]
+            if cfg.token_selection == "mean":
+                kept = torch.stack([part.float().mean(0) for part in kept.split(counts)]).to(hidden.dtype)
+            per_sample = kept.to("cpu").split(1 if cfg.token_selection == "mean" else counts)
+            ids = batch.input_ids[keep].split(counts)
+            for sample, rows, token_ids in zip(chunk, per_sample, ids):
+                if cfg.token_selection == "mean":
+                    token_ids = torch.full((1,), schema.PAD_TOKEN_ID)
+                rows, bad = _apply_nan_policy(rows, cfg.nan_policy, f"layer {layer}, sample {sample.sample_id}")
+                writers[layer].append(rows, token_ids, bad)
+        return len(chunk) if cfg.token_selection in ("mean", "last") else sum(counts)
 
     def _meta(self, cfg: UnitConfig, pre: Preflight) -> dict:
         return {
@@ -224,4 +242,5 @@ def run_unit(cfg: UnitConfig, on_batch: Callable[[int], None] | None = None,
         (Path(cfg.out_dir) / schema.layer_filename(layer, cfg.language)).unlink(missing_ok=True)
     if loaded is None:
         loaded = load_model(cfg.model, cfg.revision, cfg.dtype, cfg.device)
-    return Extractor(loaded).run(cfg, pre, on_batch)
+    features = ImageFeatures(cfg.image_features, cfg.model, loaded.revision) if cfg.image_features else None
+    return Extractor(loaded, features).run(cfg, pre, on_batch)

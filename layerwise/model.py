@@ -6,6 +6,7 @@ the tiny fixture by local path. Both go through the same Auto classes.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,9 @@ from . import schema
 from .errors import LayerwiseError
 
 FP16_OVERFLOW_MODEL_TYPES = ("gemma3",)  # activations overflow fp16: transformers#36822
+MODEL_PARAM = "--model"
+LOCAL_REVISION = "local"
+_TRUE = {"1", "on", "yes", "true"}
 
 
 @dataclass
@@ -49,34 +53,132 @@ def resolve_dtype(name: str, device: torch.device, model_type: str) -> torch.dty
     return schema.DTYPES[name]
 
 
-def load_config(model_id: str, revision: str | None = None):
-    """AutoConfig for a hub id or local folder, with an actionable error when it is not there."""
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE as set *now* (read per call, like hub_cache_dir)."""
+    return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hub_cache_dir() -> str | None:
+    """The hub cache named by the environment *now* (HF_HUB_CACHE, else HF_HOME/hub); None = library default.
+
+    huggingface_hub reads these variables once at import; reading them per call lets a caller
+    (or a test) set HF_HOME / HF_HUB_OFFLINE after the import and still be honoured.
+    """
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
+    return None
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith(("/", "./", "../", "~")) or model.count("/") > 1 or model in (".", "..")
+
+
+def _not_found(model: str, revision: str | None, detail: str) -> LayerwiseError:
+    cache = hub_cache_dir()
+    if cache is None:
+        from huggingface_hub import constants
+
+        cache = f"{constants.HF_HUB_CACHE} (default; HF_HOME is not set)"
+    local = Path(model).expanduser()
+    tried = [f"local folder {local.absolute()}: {'has no config.json' if local.is_dir() else 'does not exist'}"]
+    if not _looks_like_path(model):
+        mode = "offline (HF_HUB_OFFLINE=1), cache only" if hub_offline() else "online, then cache"
+        rev = f" at revision {revision}" if revision else ""
+        tried.append(f"Hugging Face hub id '{model}'{rev} in cache {cache}, {mode}: not found")
+    hint_id = model if not _looks_like_path(model) else "<org>/<model>"
+    first = detail.strip().splitlines()[0] if detail.strip() else ""
+    return LayerwiseError(
+        f"{MODEL_PARAM} '{model}': cannot read the model config. Tried: " + "; ".join(tried) + ". "
+        f"Compute nodes usually have no internet: pre-fill the Hugging Face cache on a login node with "
+        f"`HF_HOME=/shared/hf hf download {hint_id}` (older huggingface_hub: `huggingface-cli download {hint_id}`) "
+        f"and pass --hf_home /shared/hf "
+        f"(gated models such as Gemma also need an accepted licence and HF_TOKEN for the download), "
+        f"or pass a local model folder: --model /path/to/folder."
+        + (f" (transformers said: {first})" if first else "")
+    )
+
+
+def resolve_source(model: str, revision: str | None) -> tuple[str, dict]:
+    """(path or hub id, from_pretrained kwargs) honouring HF_HOME / HF_HUB_OFFLINE as set now."""
+    model = str(model)
+    revision = revision or None
+    local = Path(model).expanduser()
+    kwargs: dict = {}
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise _not_found(model, revision, "")
+        source = str(local)
+    else:
+        if _looks_like_path(model):
+            raise _not_found(model, revision, "")
+        source = model
+        kwargs = {"revision": revision, "cache_dir": hub_cache_dir(), "local_files_only": hub_offline()}
+    return source, kwargs
+
+
+def load_config(model: str, revision: str | None = None):
+    """AutoConfig of a local folder or hub id, with an actionable error when it is not there."""
     from transformers import AutoConfig
 
-    local = Path(model_id).expanduser()
-    if local.exists() and not (local / "config.json").is_file():
-        raise LayerwiseError(f"--model {model_id}: the folder exists but has no config.json")
+    source, kwargs = resolve_source(model, revision or None)
     try:
-        return AutoConfig.from_pretrained(str(local) if local.exists() else model_id, revision=revision)
-    except (OSError, ValueError) as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        hf_home = os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
-        raise LayerwiseError(
-            f"--model {model_id}: cannot load its configuration "
-            f"(not a local folder; hub cache HF_HOME={hf_home}; HF_HUB_OFFLINE={'1' if offline else '0'}).\n"
-            f"  Compute nodes are often offline: pre-fill the cache on a login node with "
-            f"`HF_HOME={hf_home} hf download {model_id}` and pass --hf_home, or pass a local folder.\n"
-            f"  Cause: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-        ) from None
+        config = AutoConfig.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as e:
+        text = str(e)
+        if isinstance(e, ValueError) and ("model_type" in text or "does not recognize" in text):
+            import transformers
+
+            raise LayerwiseError(
+                f"{MODEL_PARAM} '{model}': transformers {transformers.__version__} cannot read this model's "
+                f"config ({text.splitlines()[0]})"
+            ) from None
+        raise _not_found(model, revision, text) from None
+    return config
+
+
+def resolved_revision(model: str, revision: str | None) -> str:
+    if Path(str(model)).expanduser().is_dir():
+        return LOCAL_REVISION
+    return _cached_commit(str(model), revision or None) or revision or "main"
+
+
+def read_model_info(model: str, revision: str | None = None) -> dict:
+    """``{"id", "revision", "num_layers", "hidden_size", "model_type"}`` from the model's config only."""
+    config = load_config(model, revision)
+    text_config = config.get_text_config()
+    try:
+        num_layers = int(text_config.num_hidden_layers)
+        hidden_size = int(text_config.hidden_size)
+    except (AttributeError, TypeError) as e:
+        raise LayerwiseError(f"{MODEL_PARAM} '{model}': its config has no num_hidden_layers/hidden_size ({e})") from None
+    return {
+        "id": str(model),
+        "revision": resolved_revision(model, revision),
+        "num_layers": num_layers,
+        "hidden_size": hidden_size,
+        "model_type": str(getattr(config, "model_type", "") or ""),
+    }
+
+
+def _cached_commit(repo_id: str, revision: str | None) -> str | None:
+    """Commit hash of the cached config.json snapshot (works offline), if it can be told."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json", cache_dir=hub_cache_dir(), revision=revision)
+    except Exception:
+        return None
+    if isinstance(found, str):
+        m = re.search(r"snapshots/([0-9a-f]{40})/", Path(found).as_posix())
+        return m.group(1) if m else None
+    return None
 
 
 def text_dims(config) -> tuple[int, int]:
     text = config.get_text_config()
     return int(text.num_hidden_layers), int(text.hidden_size)
-
-
-def config_revision(config, revision: str | None) -> str:
-    return getattr(config, "_commit_hash", None) or revision or "local"
 
 
 def load_model(model_id: str, revision: str | None = None, dtype: str = "auto", device: str = "auto",
@@ -86,15 +188,13 @@ def load_model(model_id: str, revision: str | None = None, dtype: str = "auto", 
     config = load_config(model_id, revision)
     dev = pick_device(device)
     torch_dtype = resolve_dtype(dtype, dev, config.model_type)
-    source = str(Path(model_id).expanduser()) if Path(model_id).expanduser().exists() else model_id
-    kwargs = {"revision": revision, "dtype": torch_dtype}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForImageTextToText.from_pretrained(source, **kwargs).to(dev).eval()
-    processor = AutoProcessor.from_pretrained(source, revision=revision)
+    source, hub_kwargs = resolve_source(model_id, revision or None)
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch_dtype, **hub_kwargs, **extra).to(dev).eval()
+    processor = AutoProcessor.from_pretrained(source, **hub_kwargs)
     # Right padding keeps every real token at the position it has at batch size 1 (Gemma 3
     # numbers positions 0..T-1 regardless of the attention mask), so batching changes no values.
     processor.tokenizer.padding_side = "right"
     num_layers, hidden = text_dims(config)
-    return LoadedModel(model, processor, dev, torch_dtype, model_id, config_revision(config, revision),
+    return LoadedModel(model, processor, dev, torch_dtype, model_id, resolved_revision(model_id, revision),
                        num_layers, hidden, config.model_type)

@@ -235,7 +235,7 @@ def test_float16_is_refused_with_the_reason(tmp_path, samplesheet, tiny_model_di
 def test_missing_model_names_model_and_cache(tmp_path, samplesheet, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
-    with pytest.raises(LayerwiseError, match=r"--model google/not-a-model.*HF_HOME"):
+    with pytest.raises(LayerwiseError, match=r"--model 'google/not-a-model'.*--hf_home"):
         run_unit(unit(samplesheet, "google/not-a-model", tmp_path))
 
 

@@ -1,0 +1,137 @@
+"""Work-unit planning: model facts, languages, layer groups and sample shards -> plan.json.
+
+A work unit is one (layer group, language, sample shard): one GPU task that runs the shard's
+samples once through the model and writes ``layer_{L}_{language}.pt`` for every layer of the
+group. Units are ordered by group, then language, then shard.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from . import schema
+from .errors import LayerwiseError
+from .layers import parse_layer_spec, split_layer_groups
+from .model import read_model_info  # noqa: F401  (re-exported: plan.json's model facts)
+from .prompts import LANGUAGE_RE
+
+LANGUAGES_PARAM = "--languages"
+SAMPLES_PARAM = "--samples_per_task"
+
+
+def parse_languages(
+    spec: str | Iterable[str],
+    prompts: dict[str, str] | None = None,
+    columns: Iterable[str] | None = None,
+) -> list[str]:
+    """Comma/space separated languages -> lower-cased, de-duplicated list in the given order.
+
+    With ``prompts`` each language must have a prompt; with ``columns`` (the samplesheet's)
+    each must have a ``caption_<language>`` column.
+    """
+    parts = re.split(r"[\s,]+", spec) if isinstance(spec, str) else list(spec)
+    languages: list[str] = []
+    for part in parts:
+        language = str(part).strip().lower()
+        if not language:
+            continue
+        if not LANGUAGE_RE.fullmatch(language):
+            raise LayerwiseError(f"{LANGUAGES_PARAM}: '{part}' is not a language key (lower case letters and '_', e.g. 'english')")
+        if language not in languages:
+            languages.append(language)
+    if not languages:
+        have = f"; languages with a prompt: {', '.join(prompts)}" if prompts else ""
+        raise LayerwiseError(f"{LANGUAGES_PARAM} is empty; give e.g. 'english,arabic'{have}")
+    if prompts is not None:
+        unknown = [lang for lang in languages if lang not in prompts]
+        if unknown:
+            raise LayerwiseError(
+                f"{LANGUAGES_PARAM}: no prompt for {', '.join(unknown)}; languages with a prompt: "
+                f"{', '.join(prompts) or '(none)'} (add an entry to assets/prompts.json or pass --prompts FILE)"
+            )
+    if columns is not None:
+        columns = list(columns)
+        missing = [lang for lang in languages if schema.caption_column(lang) not in columns]
+        if missing:
+            have = [c.removeprefix(schema.CAPTION_PREFIX) for c in columns if c.startswith(schema.CAPTION_PREFIX)]
+            raise LayerwiseError(
+                f"{LANGUAGES_PARAM}: the samplesheet has no caption column for "
+                f"{', '.join(schema.caption_column(m) for m in missing)}; caption columns present: "
+                f"{', '.join(schema.caption_column(h) for h in have) or '(none)'}"
+            )
+    return languages
+
+
+def make_shards(n: int, samples_per_task: int | str | None) -> list[dict]:
+    """``[{"index", "rows": "START:END"}]``; 0 (or >= n) gives one shard of all n samples."""
+    try:
+        size = int(samples_per_task or 0)
+    except (TypeError, ValueError):
+        raise LayerwiseError(f"{SAMPLES_PARAM} must be a whole number (0 = all samples in one task), got {samples_per_task!r}") from None
+    if size < 0:
+        raise LayerwiseError(f"{SAMPLES_PARAM} {size}: must be 0 (all samples in one task) or positive")
+    if n < 1:
+        raise LayerwiseError("the samplesheet has no samples")
+    if size == 0 or size >= n:
+        size = n
+    return [{"index": i, "rows": f"{start}:{min(start + size, n)}"} for i, start in enumerate(range(0, n, size))]
+
+
+def make_plan(
+    df: pd.DataFrame,
+    model_info: dict,
+    layer_spec: str,
+    languages: str | Iterable[str],
+    layer_groups: str | int | None = "auto",
+    samples_per_task: int | str | None = 0,
+    *,
+    prompts: dict[str, str] | None = None,
+) -> dict:
+    """The plan.json structure of docs/architecture.md."""
+    langs = parse_languages(languages, prompts, df.columns)
+    layers = parse_layer_spec(layer_spec, int(model_info["num_layers"]))
+    groups = split_layer_groups(layers, layer_groups)
+    shards = make_shards(len(df), samples_per_task)
+    units = [
+        {"layers": group, "language": lang, "shard": shard["index"], "rows": shard["rows"]}
+        for group in groups
+        for lang in langs
+        for shard in shards
+    ]
+    return {
+        "model": {k: model_info[k] for k in ("id", "revision", "num_layers", "hidden_size", "model_type")},
+        "layers": layers,
+        "languages": langs,
+        "shards": shards,
+        "layer_groups": groups,
+        "units": units,
+    }
+
+
+PLAN_FILE = "plan.json"
+VALID_SAMPLESHEET_FILE = "samplesheet.valid.csv"
+
+
+def plan_to_json(plan: dict) -> str:
+    """plan.json text: indented, with lists of layer numbers kept on one line."""
+    text = json.dumps(plan, indent=2, ensure_ascii=False)
+    return re.sub(r"\[\s*([0-9]+(?:,\s*[0-9]+)*)\s*\]",
+                  lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text) + "\n"
+
+
+def write_plan(plan: dict, path: str | Path) -> Path:
+    """Write plan.json atomically (temporary file, then os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        tmp.write_text(plan_to_json(plan), encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
