@@ -253,11 +253,11 @@ def parse_rows(spec: str | range | None, n: int) -> range:
     return range(start, end)
 
 
-def iter_samples(df: pd.DataFrame, language: str, rows: str | range | None = None) -> Iterator[Sample]:
-    """Samples of a normalised samplesheet (optionally only ``rows``), in order."""
-    col = schema.caption_column(language)
+def iter_samples(df: pd.DataFrame, language: str | None, rows: str | range | None = None) -> Iterator[Sample]:
+    """Samples of a normalised samplesheet (optionally only ``rows``), in order; language None: any."""
     caption_cols = [c for c in df.columns if c.startswith(schema.CAPTION_PREFIX)]
-    if col not in df.columns:
+    if language is not None and schema.caption_column(language) not in df.columns:
+        col = schema.caption_column(language)
         have = ", ".join(c.removeprefix(schema.CAPTION_PREFIX) for c in caption_cols) or "none"
         raise LayerwiseError(f"--language {language}: the samplesheet has no column {col} (languages present: {have})")
     selected = parse_rows(rows, len(df))

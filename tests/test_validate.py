@@ -1,0 +1,352 @@
+"""validate(): checks, Parquet metadata, metadata JSON, HTML report and the CLI."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import layer_file_factory as F  # noqa: E402
+
+from layerwise import schema  # noqa: E402
+from layerwise import validate as V  # noqa: E402
+from layerwise.errors import LayerwiseError  # noqa: E402
+
+REPO = F.REPO
+LAYERS = [0, 2, 5]
+LANGUAGES = ["english", "arabic"]
+N = 9
+SHARD = 4
+
+
+class Run:
+    """A complete, valid set of merged layer files with its plan and samplesheet."""
+
+    def __init__(self, root: Path, layout="padded", dtype=torch.float32, nan_policy="zero"):
+        self.root = root
+        self.layout, self.dtype, self.nan_policy = layout, dtype, nan_policy
+        self.ids = F.sample_ids(N)
+        self.written = F.write_layer_set(root / "layers", LAYERS, LANGUAGES, self.ids,
+                                         layout=layout, dtype=dtype, nan_policy=nan_policy)
+        self.samplesheet = F.write_samplesheet(root / "samplesheet.valid.csv", self.ids, LANGUAGES)
+        self.plan = F.make_plan(LAYERS, LANGUAGES, N, SHARD)
+        self.out = root / "out"
+        self.summaries = []
+        for k, (secs, peak) in enumerate([(2.0, 1000), (3.0, 5000)]):
+            p = root / f"summary_{k}.json"
+            p.write_text(json.dumps({"language": "english", "layers": LAYERS, "rows": f"{5 * k}:{5 * k + 5}",
+                                     "samples": 5, "samples_this_run": 5, "resumed_from_sample": 0,
+                                     "positions_kept": 40, "seconds": secs, "samples_per_s": 5 / secs,
+                                     "bytes_written": 1000, "nan_counts": {"0": 0},
+                                     "peak_host_memory_bytes": peak, "peak_gpu_memory_bytes": None,
+                                     "batch_size": 1}))
+            self.summaries.append(p)
+
+    @property
+    def files(self) -> list[Path]:
+        return [path for path, _ in self.written.values()]
+
+    def path(self, layer, language) -> Path:
+        return self.written[(layer, language)][0]
+
+    def rewrite(self, layer, language, samples, **kwargs):
+        opts = dict(layout=self.layout, dtype=self.dtype, nan_policy=self.nan_policy)
+        opts.update(kwargs)
+        F.write_layer_file(self.path(layer, language), layer, language, samples, **opts)
+
+    def validate(self, files=None, plan=None):
+        return V.validate(plan or self.plan, self.samplesheet, self.files if files is None else files,
+                          self.summaries, self.out)
+
+
+@pytest.fixture
+def run(tmp_path):
+    return Run(tmp_path)
+
+
+def expected_norm_stats(samples, dtype):
+    norms = torch.cat([torch.linalg.vector_norm(s.stored(dtype).double(), dim=1) for s in samples])
+    return float(norms.mean()), float(norms.std(unbiased=False))
+
+
+# -- success --------------------------------------------------------------------------------
+@pytest.mark.parametrize("layout,dtype", [("padded", torch.float32), ("ragged", torch.bfloat16)])
+def test_complete_run_passes_and_writes_metadata(tmp_path, layout, dtype):
+    r = Run(tmp_path, layout=layout, dtype=dtype)
+    meta = r.validate()
+
+    # JSON
+    on_disk = json.loads((r.out / "extraction_metadata.json").read_text())
+    assert on_disk["status"] == meta["status"] == "passed"
+    assert on_disk["layers"] == LAYERS and on_disk["languages"] == LANGUAGES and on_disk["samples"] == N
+    assert on_disk["model"]["id"] == F.MODEL_ID and on_disk["model"]["revision"] == F.MODEL_REVISION
+    assert on_disk["model"]["num_layers"] == F.NUM_LAYERS and on_disk["model"]["hidden_size"] == F.HIDDEN_SIZE
+    assert on_disk["layout"] == layout and on_disk["dtype"] == schema.dtype_name(dtype)
+    assert on_disk["token_selection"] == "all" and on_disk["nan_policy"] == "zero"
+    assert on_disk["created_utc"].endswith("Z")
+    assert all(c["passed"] for c in on_disk["checks"]) and len(on_disk["checks"]) == len(V.CHECKS)
+    assert len(on_disk["files"]) == len(LAYERS) * len(LANGUAGES)
+    for entry in on_disk["files"]:
+        path = r.path(entry["layer"], entry["language"])
+        assert entry["file"] == path.name
+        assert entry["bytes"] == path.stat().st_size
+        assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert entry["shape"] == list(torch.load(path, weights_only=True)["activations"].shape)
+    assert on_disk["totals"]["bytes"] == sum(p.stat().st_size for p in r.files)
+    ext = on_disk["extraction"]
+    tot = ext["totals"]
+    assert tot["seconds"] == 5.0 and tot["samples"] == 10 and tot["positions_kept"] == 80
+    assert tot["bytes_written"] == 2000 and tot["peak_host_memory_bytes"] == 5000
+    assert tot["samples_per_s"] == pytest.approx(10 / 5.0) and tot["tokens_per_s"] == pytest.approx(80 / 5.0)
+    assert "batch_size" not in tot and "rows" not in tot
+    assert len(ext["units"]) == 2
+
+    # samples.parquet: one row per (sample, language)
+    samples = pd.read_parquet(r.out / "metadata" / "samples.parquet")
+    assert list(samples.columns) == ["sample_id", "language", "gender", "image", "caption",
+                                     "positions_kept", "shard", "row"]
+    assert len(samples) == N * len(LANGUAGES)
+    sheet = pd.read_csv(r.samplesheet, dtype=str, keep_default_na=False)
+    for lang in LANGUAGES:
+        sub = samples[samples["language"] == lang].reset_index(drop=True)
+        assert sub["sample_id"].tolist() == r.ids
+        assert sub["gender"].tolist() == F.genders_for(r.ids)
+        assert sub["image"].tolist() == sheet["image"].tolist()
+        assert sub["caption"].tolist() == sheet[f"caption_{lang}"].tolist()
+        known = [s.rows.shape[0] for s in r.written[(LAYERS[0], lang)][1]]
+        assert sub["positions_kept"].tolist() == known
+        assert sub["shard"].tolist() == [i // SHARD for i in range(N)]
+        assert sub["row"].tolist() == list(range(N))
+
+    # layers.parquet: one row per file
+    table = pq.read_table(r.out / "metadata" / "layers.parquet")
+    layers = table.to_pandas()
+    for col in ("layer", "language", "file", "bytes", "sha256", "shape", "dtype", "nan_count",
+                "nonfinite_stored", "norm_mean", "norm_std"):
+        assert col in layers.columns, col
+    assert len(layers) == len(LAYERS) * len(LANGUAGES)
+    for row in layers.itertuples():
+        path, known = r.written[(row.layer, row.language)]
+        assert row.file == path.name
+        assert row.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert row.bytes == path.stat().st_size
+        lengths = [s.rows.shape[0] for s in known]
+        shape = (N, max(lengths), F.HIDDEN_SIZE) if layout == "padded" else (sum(lengths), F.HIDDEN_SIZE)
+        assert row.shape == "x".join(map(str, shape))
+        assert row.dtype == schema.dtype_name(dtype)
+        assert row.nan_count == 0 and row.nonfinite_stored == 0
+        mean, std = expected_norm_stats(known, dtype)
+        assert row.norm_mean == pytest.approx(mean, rel=1e-5)
+        assert row.norm_std == pytest.approx(std, rel=1e-4)
+
+    norms = pd.read_parquet(r.out / "metadata" / "norms_by_gender.parquet")
+    path, known = r.written[(5, "arabic")]
+    for gender in set(s.gender for s in known):
+        got = norms[(norms.layer == 5) & (norms.language == "arabic") & (norms.gender == gender)]
+        mean, _ = expected_norm_stats([s for s in known if s.gender == gender], dtype)
+        assert len(got) == 1 and got["norm_mean"].iloc[0] == pytest.approx(mean, rel=1e-5)
+        assert got["rows"].iloc[0] == sum(s.rows.shape[0] for s in known if s.gender == gender)
+
+    html = (r.out / "validation_report.html").read_text()
+    assert "data:image/png;base64,iVBOR" in html  # an embedded PNG (its magic number, base64)
+    assert '<span class="status passed">passed</span>' in html and ">FAILED<" not in html
+    assert f"All {len(V.CHECKS)} checks passed" in html
+    assert "http://" not in html and "https://" not in html
+    assert not list(r.out.rglob("*.tmp"))
+
+
+def test_streaming_chunk_size_does_not_change_results(run, monkeypatch):
+    run.validate()
+    whole = pd.read_parquet(run.out / "metadata" / "layers.parquet")
+    monkeypatch.setattr(V, "CHUNK_BYTES", 1)  # one sample per chunk
+    run.out = run.root / "out2"
+    run.validate()
+    chunked = pd.read_parquet(run.out / "metadata" / "layers.parquet")
+    assert chunked["norm_mean"].tolist() == pytest.approx(whole["norm_mean"].tolist(), rel=1e-12)
+    assert chunked["norm_std"].tolist() == pytest.approx(whole["norm_std"].tolist(), rel=1e-9)
+
+
+def test_mean_token_selection_one_position_per_sample(tmp_path):
+    ids = F.sample_ids(N)
+    written = F.write_layer_set(tmp_path / "l", LAYERS, LANGUAGES, ids, token_selection="mean", layout="ragged")
+    sheet = F.write_samplesheet(tmp_path / "s.csv", ids, LANGUAGES)
+    meta = V.validate(F.make_plan(LAYERS, LANGUAGES, N, SHARD), sheet, [p for p, _ in written.values()], [],
+                      tmp_path / "out")
+    assert meta["token_selection"] == "mean"
+    assert pd.read_parquet(tmp_path / "out/metadata/samples.parquet")["positions_kept"].tolist() == [1] * (2 * N)
+
+
+# -- failures -------------------------------------------------------------------------------
+def assert_fails(run, *fragments, files=None, plan=None):
+    with pytest.raises(LayerwiseError) as err:
+        run.validate(files=files, plan=plan)
+    message = str(err.value)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in:\n{message}"
+    html = (run.out / "validation_report.html").read_text()
+    assert '<span class="status FAILED">FAILED</span>' in html
+    assert not (run.out / "extraction_metadata.json").exists()
+    assert not (run.out / "metadata" / "layers.parquet").exists()
+    return message
+
+
+def test_missing_layer_file(run):
+    files = [p for p in run.files if p.name != "layer_2_arabic.pt"]
+    msg = assert_fails(run, "missing 1 of 6 layer files: layer_2_arabic.pt", files=files)
+    assert "layer_2_arabic.pt" in (run.out / "validation_report.html").read_text()
+    assert msg.count("\n  - ") == 1  # the other files are fine
+
+
+def test_unexpected_extra_file(run):
+    extra = F.write_layer_file(run.root / "extra" / "layer_3_english.pt", 3, "english",
+                               F.make_samples(3, "english", run.ids))
+    assert_fails(run, "unexpected", "layer_3_english.pt", files=run.files + [extra])
+
+
+def test_sample_id_misaligned_across_languages(run):
+    ids = run.ids[:]
+    ids[3], ids[4] = ids[4], ids[3]
+    run.rewrite(2, "arabic", F.make_samples(2, "arabic", ids))
+    msg = assert_fails(run, "layer_2_arabic.pt", "sample_ids", ids[3])
+    assert "layer_2_english.pt" not in msg
+
+
+def test_lengths_differ_across_layers(run):
+    samples = F.make_samples(5, "english", run.ids)
+    samples[2].rows = samples[2].rows[:1]
+    samples[2].token_ids = samples[2].token_ids[:1]
+    run.rewrite(5, "english", samples)
+    assert_fails(run, "layer_5_english.pt", "lengths differ from layer_0_english.pt", run.ids[2])
+
+
+def test_hidden_size_differs_from_plan(run):
+    plan = json.loads(json.dumps(run.plan))
+    plan["model"]["hidden_size"] = 32
+    assert_fails(run, "hidden_size", "plan hidden size 32", "layer_0_english.pt", "layer_5_arabic.pt", plan=plan)
+
+
+def test_one_file_with_other_hidden_size(run):
+    run.rewrite(0, "arabic", F.make_samples(0, "arabic", run.ids, hidden_size=8))
+    msg = assert_fails(run, "layer_0_arabic.pt", "hidden_size")
+    assert "layer_2_arabic.pt" not in msg
+
+
+def _with_nan(run, layer, language):
+    samples = F.make_samples(layer, language, run.ids)
+    samples[1].rows[0, 3] = float("nan")
+    samples[4].rows[1, 0] = float("inf")
+    samples[1].nan_count = 1
+    samples[4].nan_count = 1
+    return samples
+
+
+def test_nan_stored_with_policy_zero(run):
+    run.rewrite(2, "english", _with_nan(run, 2, "english"))
+    msg = assert_fails(run, "layer_2_english.pt", "2 NaN/Inf", "'zero'")
+    assert "[finite]" in msg
+
+
+def test_nan_stored_with_policy_keep_passes_and_is_reported(tmp_path):
+    r = Run(tmp_path, nan_policy="keep", layout="ragged")
+    samples = _with_nan(r, 2, "english")
+    r.rewrite(2, "english", samples)
+    r.validate()
+    layers = pd.read_parquet(r.out / "metadata" / "layers.parquet").set_index("file")
+    assert layers.loc["layer_2_english.pt", "nonfinite_stored"] == 2
+    assert layers.loc["layer_2_english.pt", "nan_count"] == 2
+    assert layers.loc["layer_0_english.pt", "nonfinite_stored"] == 0
+    finite_rows = [s.rows[torch.isfinite(s.rows).all(dim=1)] for s in samples]
+    norms = torch.cat([torch.linalg.vector_norm(x.double(), dim=1) for x in finite_rows])
+    assert layers.loc["layer_2_english.pt", "norm_mean"] == pytest.approx(float(norms.mean()), rel=1e-5)
+    assert not math.isnan(layers.loc["layer_2_english.pt", "norm_std"])
+
+
+def test_truncated_file(run):
+    path = run.path(5, "english")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    assert_fails(run, "layer_5_english.pt", "cannot be loaded", "truncated or corrupt")
+
+
+def test_corrupt_file(run):
+    path = run.path(0, "arabic")
+    path.write_bytes(b"\x00garbage" * 100)
+    assert_fails(run, "layer_0_arabic.pt", "cannot be loaded")
+
+
+def test_file_missing_a_key(run):
+    path = run.path(2, "english")
+    data = torch.load(path, weights_only=True)
+    del data["nan_policy"]
+    torch.save(data, path)
+    assert_fails(run, "layer_2_english.pt", "lacks keys ['nan_policy']")
+
+
+def test_layer_key_does_not_match_name(run):
+    F.write_layer_file(run.path(2, "english"), 3, "english", F.make_samples(2, "english", run.ids))
+    assert_fails(run, "layer_2_english.pt", "holds layer 3")
+
+
+def test_fewer_samples_than_samplesheet(run):
+    run.rewrite(0, "english", F.make_samples(0, "english", run.ids[:-1]))
+    assert_fails(run, "layer_0_english.pt", f"holds {N - 1} samples, the samplesheet has {N}")
+
+
+def test_all_problems_are_collected(run):
+    run.rewrite(2, "english", _with_nan(run, 2, "english"))
+    run.path(5, "arabic").write_bytes(b"not a torch file")
+    files = [p for p in run.files if p.name != "layer_0_arabic.pt"]
+    msg = assert_fails(run, "layer_2_english.pt", "layer_5_arabic.pt", "layer_0_arabic.pt", files=files)
+    assert msg.startswith("validation failed with 3 problem(s):")
+
+
+# -- CLI ------------------------------------------------------------------------------------
+def run_cli(r: Run, files, summaries=(), summaries_first=True):
+    plan = r.root / "plan.json"
+    plan.write_text(json.dumps(r.plan))
+    args = ["--plan", plan, "--samplesheet", r.samplesheet, "--out-dir", r.out]
+    sums = ["--summaries", *summaries] if summaries else []
+    args += [*sums, *files] if summaries_first else [*files, *sums]
+    return subprocess.run([sys.executable, str(REPO / "bin" / "layerwise-validate"), *map(str, args)],
+                          capture_output=True, text=True, cwd="/", timeout=120)
+
+
+def test_cli_success_and_failure(run):
+    assert (REPO / "bin" / "layerwise-validate").stat().st_mode & 0o111
+    res = run_cli(run, run.files, run.summaries)
+    assert res.returncode == 0, res.stderr
+    assert "validation passed: 6 layer files" in res.stdout and f"{N} samples" in res.stdout
+    assert f"{len(V.CHECKS)}/{len(V.CHECKS)} checks passed" in res.stdout
+    units = json.loads((run.out / "extraction_metadata.json").read_text())["extraction"]["units"]
+    assert [u["summary_file"] for u in units] == [p.name for p in run.summaries]
+
+    # the order the VALIDATE_ACTIVATIONS module uses: layer files, then --summaries
+    (run.out / "extraction_metadata.json").unlink()
+    res = run_cli(run, run.files, run.summaries, summaries_first=False)
+    assert res.returncode == 0, res.stderr
+    units = json.loads((run.out / "extraction_metadata.json").read_text())["extraction"]["units"]
+    assert [u["summary_file"] for u in units] == [p.name for p in run.summaries]
+
+    res = run_cli(run, [p for p in run.files if p.name != "layer_5_english.pt"])
+    assert res.returncode == 2
+    assert res.stderr.startswith("ERROR: validation failed") and "layer_5_english.pt" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_row_norms_counts_nonfinite_values_and_survives_float32_overflow():
+    rows = torch.tensor([[3.0, 4.0, 0.0],
+                         [float("nan"), 1.0, float("inf")],
+                         [3e30, 4e30, 0.0],       # finite, but its square overflows float32
+                         [0.0, -float("inf"), 2.0]], dtype=torch.float32)
+    norms, ok, nonfinite = V._row_norms(rows)
+    assert nonfinite == 3
+    assert ok.tolist() == [True, False, True, False]
+    assert norms[0] == pytest.approx(5.0) and norms[2] == pytest.approx(5e30, rel=1e-6)
