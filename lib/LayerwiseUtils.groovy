@@ -1,0 +1,169 @@
+//
+// Helpers for the layerwise workflow: source digest for -resume, plan.json -> work units,
+// software-versions collation, completion summary. Plain Groovy, no Nextflow classes needed.
+//
+
+import groovy.json.JsonOutput
+import java.nio.file.Files
+import java.nio.file.Path
+import java.security.MessageDigest
+import org.yaml.snakeyaml.DumperOptions
+import org.yaml.snakeyaml.Yaml
+
+class LayerwiseUtils {
+
+    /**
+     * Python modules used only after the layer files exist (validation, HTML report, test fixtures).
+     * They are left out of the digest given to PREFLIGHT's downstream GPU/merge steps, so that editing
+     * the report does not re-run hours of extraction on -resume. The extraction and merge code must
+     * therefore never import them.
+     */
+    static final List<String> DOWNSTREAM_ONLY = ['layerwise/validate.py', 'layerwise/report.py', 'layerwise/fixtures.py']
+
+    /**
+     * SHA-256 over the sorted files layerwise/**.py and assets/prompts.json (relative name + content),
+     * minus `exclude` (relative paths). Passed to processes as a `val` input so that -resume re-runs
+     * them when the Python package changes (bin/ scripts are hashed by Nextflow itself).
+     */
+    static String sourceDigest(Path root, List<String> exclude = []) {
+        List<Path> files = []
+        Path pkg = root.resolve('layerwise')
+        if (Files.isDirectory(pkg)) {
+            def stream = Files.walk(pkg)
+            try {
+                stream.filter { Path p -> Files.isRegularFile(p) && p.toString().endsWith('.py') && !p.toString().contains('__pycache__') }
+                      .forEach { Path p -> files << p }
+            } finally {
+                stream.close()
+            }
+        }
+        Path prompts = root.resolve('assets/prompts.json')
+        if (Files.isRegularFile(prompts)) files << prompts
+        MessageDigest md = MessageDigest.getInstance('SHA-256')
+        files.collect { Path p -> [root.relativize(p).toString().replace('\\', '/'), p] }
+             .findAll { !(it[0] in exclude) }
+             .sort { it[0] }
+             .each { rel, Path p ->
+                 md.update(rel.toString().getBytes('UTF-8')); md.update((byte) 0)
+                 md.update(Files.readAllBytes(p)); md.update((byte) 0)
+             }
+        return md.digest().encodeHex().toString()
+    }
+
+    /** [0,1,2,3,7,9,10] -> "0-3,7,9-10" (for tags and ids; the CLI gets the explicit list). */
+    static String compactLayers(List<Integer> layers) {
+        List<Integer> ls = layers.collect { it as int }.unique().sort()
+        List<String> parts = []
+        int i = 0
+        while (i < ls.size()) {
+            int j = i
+            while (j + 1 < ls.size() && ls[j + 1] == ls[j] + 1) j++
+            parts << (j > i ? "${ls[i]}-${ls[j]}".toString() : "${ls[i]}".toString())
+            i = j + 1
+        }
+        return parts.join(',')
+    }
+
+    /**
+     * plan.json (parsed) -> one meta map per work unit:
+     *   [id, layers (List<int>), layers_str, language, shard (int), rows ("START:END"),
+     *    n_shards (units that produce each of these layers for this language), n_layers]
+     * Checks the invariants the graph relies on: every (layer, language, shard) is produced by exactly
+     * one unit, and every language covers every planned layer (otherwise groupTuple would wait forever).
+     */
+    static List<Map> units(Map plan) {
+        List units = (plan.units ?: []) as List
+        if (!units) throw new IllegalStateException('plan.json has no work units')
+        List<Integer> planLayers = ((plan.layers ?: []) as List).collect { it as int }
+        List<String> languages = ((plan.languages ?: []) as List).collect { it.toString() }
+        Map<List, Integer> count = [:]
+        Set<List> seen = new HashSet<>()
+        units.each { Map u ->
+            ((u.layers ?: []) as List).each { l ->
+                List key = [l as int, u.language.toString()]
+                if (!seen.add(key + [u.shard as int]))
+                    throw new IllegalStateException("plan.json: layer ${l}, language ${u.language}, shard ${u.shard} is in more than one unit")
+                count[key] = (count[key] ?: 0) + 1
+            }
+        }
+        languages.each { lang ->
+            def missing = planLayers.findAll { !count.containsKey([it, lang]) }
+            if (missing) throw new IllegalStateException("plan.json: no unit extracts layer(s) ${compactLayers(missing)} for ${lang}")
+        }
+        return units.collect { Map u ->
+            List<Integer> layers = ((u.layers ?: []) as List).collect { it as int }
+            if (!layers) throw new IllegalStateException("plan.json: a unit has no layers: ${u}")
+            List shardCounts = layers.collect { count[[it, u.language.toString()]] }.unique()
+            if (shardCounts.size() != 1)
+                throw new IllegalStateException("plan.json: the layers of unit ${u} are split into different numbers of shards")
+            String ls = compactLayers(layers)
+            [
+                id        : "L${ls}_${u.language}_s${u.shard}".toString(),
+                layers    : layers,
+                layers_str: ls,
+                language  : u.language.toString(),
+                shard     : u.shard as int,
+                rows      : u.rows?.toString(),
+                n_shards  : shardCounts[0] as int,
+                n_layers  : planLayers.size(),
+            ]
+        }
+    }
+
+    /**
+     * Merge the per-task versions.yml texts into one YAML document (one entry per process, values
+     * that differ between tasks joined with ', '), plus a Workflow entry.
+     */
+    static String versionsYaml(List<String> texts, String nextflowVersion, String pipelineVersion) {
+        Map<String, Map<String, Set<String>>> merged = new TreeMap<>()
+        texts.each { String t ->
+            def doc = new Yaml().load(t)
+            if (!(doc instanceof Map)) return
+            (doc as Map).each { proc, tools ->
+                String name = proc.toString().tokenize(':').last()
+                Map<String, Set<String>> m = merged.computeIfAbsent(name) { new TreeMap<>() }
+                (tools instanceof Map ? tools as Map : [:]).each { k, v ->
+                    m.computeIfAbsent(k.toString()) { new LinkedHashSet<>() } << String.valueOf(v)
+                }
+            }
+        }
+        Map out = new LinkedHashMap()
+        merged.each { p, tools -> out[p] = tools.collectEntries { k, vs -> [k, vs.join(', ')] } }
+        out['Workflow'] = [Nextflow: nextflowVersion, layerwise: pipelineVersion]
+        DumperOptions o = new DumperOptions()
+        o.setDefaultFlowStyle(DumperOptions.FlowStyle.BLOCK)
+        o.setPrettyFlow(true)
+        return new Yaml(o).dump(out)
+    }
+
+    /** Parameters as pretty JSON (values that are not JSON scalars are written as strings). */
+    static String paramsJson(Map params) {
+        Map clean = new TreeMap()
+        params.each { k, v ->
+            clean[k.toString()] = (v == null || v instanceof CharSequence || v instanceof Number || v instanceof Boolean) ?
+                (v instanceof CharSequence ? v.toString() : v) : v.toString()
+        }
+        return JsonOutput.prettyPrint(JsonOutput.toJson(clean))
+    }
+
+    /** Number of layer_*_*.pt files directly in `dir` (0 if it does not exist or is not local). */
+    static int countLayerFiles(Path dir) {
+        try {
+            if (dir == null || !Files.isDirectory(dir)) return 0
+            def stream = Files.list(dir)
+            try {
+                return (int) stream.filter { Path p -> p.fileName.toString() ==~ /layer_\d+_.+\.pt/ }.count()
+            } finally {
+                stream.close()
+            }
+        } catch (Exception ignored) {
+            return 0
+        }
+    }
+
+    /** Command line to resume a run: the original one plus -resume (once). */
+    static String resumeCommand(String commandLine) {
+        String cmd = commandLine?.trim() ?: 'nextflow run <pipeline> <same options>'
+        return cmd =~ /(^|\s)-resume(\s|$)/ ? cmd : "${cmd} -resume"
+    }
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env nextflow
+/*
+ * layerwise: record the hidden states of every decoder layer of a vision-language model
+ * (Gemma 3) for a captioned image dataset, split into GPU jobs by layer group, language and
+ * sample shard, merged per layer, validated, and published to --outdir.
+ *
+ *   nextflow run . -profile test                          # tiny offline model, CPU (after scripts/setup.sh)
+ *   nextflow run . -profile ncc --input samples.csv --outdir /path/results
+ *   nextflow run . --help
+ *
+ * Developer contract (graph and CLI of the bin/ scripts): docs/architecture.md
+ */
+
+nextflow.enable.dsl = 2
+
+include { LAYERWISE               } from './workflows/layerwise'
+include { PIPELINE_INITIALISATION } from './subworkflows/local/utils_layerwise_pipeline'
+include { PIPELINE_COMPLETION     } from './subworkflows/local/utils_layerwise_pipeline'
+
+workflow {
+
+    // --help, parameter checks (nothing is submitted if they fail), digests of the Python sources
+    PIPELINE_INITIALISATION()
+
+    LAYERWISE(
+        PIPELINE_INITIALISATION.out.samplesheet,
+        PIPELINE_INITIALISATION.out.prompts,
+        PIPELINE_INITIALISATION.out.model,
+        PIPELINE_INITIALISATION.out.spec,
+        PIPELINE_INITIALISATION.out.digest_all,
+        PIPELINE_INITIALISATION.out.digest_core,
+    )
+
+    // All versions.yml -> pipeline_info/software_versions.yml
+    LAYERWISE.out.versions
+        .map { f -> f.text }
+        .unique()
+        .collect()
+        .map { texts -> LayerwiseUtils.versionsYaml(texts, nextflow.version.toString(), workflow.manifest.version ?: '') }
+        .collectFile(name: 'software_versions.yml', storeDir: "${params.outdir}/pipeline_info")
+
+    // Completion summary (+ e-mail when --email / --email_on_fail is set)
+    PIPELINE_COMPLETION(LAYERWISE.out.plan)
+}

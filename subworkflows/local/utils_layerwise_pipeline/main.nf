@@ -1,0 +1,200 @@
+/*
+ * Start and end of a layerwise run: --help, parameter checks (before any task is submitted), the
+ * parameter summary, the source digests for -resume; and the completion summary / e-mail.
+ */
+
+workflow PIPELINE_INITIALISATION {
+
+    main:
+    // Plain Groovy in functions below: Nextflow 24.10's workflow-body parser rejects some `def`
+    // declarations whose initialiser names an implicit variable (params, LayerwiseUtils, ...).
+    init = initialise()
+
+    emit:
+    samplesheet = Channel.value(init.samplesheet)   // path of the user's samplesheet
+    prompts     = Channel.value(init.prompts)       // path of prompts.json
+    model       = Channel.value(init.model)         // [hub id or absolute local path, revision or '']
+    spec        = Channel.value(init.spec)          // [layers:, languages:, layer_groups:, samples_per_task:]
+    digest_all  = Channel.value(init.digest_all)    // SHA-256 of layerwise/**.py + assets/prompts.json
+    digest_core = Channel.value(init.digest_core)   // the same without LayerwiseUtils.DOWNSTREAM_ONLY
+}
+
+/**
+ * --help, parameter summary, parameter checks (all problems at once; the run stops before anything
+ * is submitted), params_<timestamp>.json, and the values the workflow needs.
+ */
+def initialise() {
+    def schema = new LayerwiseSchema(file("${projectDir}/nextflow_schema.json"))
+    def mono   = params.monochrome_logs as boolean
+    def c      = LayerwiseSchema.colours(mono)
+    def usage  = "nextflow run ${workflow.manifest.name ?: 'layerwise'} -profile <test|ncc|venv|docker|apptainer|singularity>[,...] --input samples.csv --outdir results"
+
+    if (params.help) {
+        log.info header(c)
+        log.info schema.help(params, usage, mono, params.help)
+        exit 0
+    }
+
+    log.info header(c)
+    log.info schema.summary(params, mono, 'ncc' in workflow.profile.tokenize(',') ? [] : ['cluster_options'])
+
+    def errors = []
+    if (params.validate_params) {
+        def result = schema.validate(params)
+        result.warnings.each { log.warn it }
+        errors += result.errors
+    }
+    errors += extraChecks(schema)
+    if (errors) {
+        def fixture = errors.any { it.contains('tests/fixtures/build') } ?
+            "\nThe test fixtures are missing: run scripts/setup.sh (builds .venv and tests/fixtures/build)." : ''
+        error("ERROR: invalid parameters (see --help, or --help <parameter>):\n  * " + errors.join('\n  * ') + fixture)
+    }
+
+    // Parameters of this run, next to the execution reports
+    def ts = new java.util.Date().format('yyyy-MM-dd_HH-mm-ss')
+    try {
+        file("${params.outdir}/pipeline_info").mkdirs()
+        file("${params.outdir}/pipeline_info/params_${ts}.json").text = LayerwiseUtils.paramsJson(params)
+    } catch (Exception e) {
+        log.warn "Could not write params_${ts}.json to ${params.outdir}/pipeline_info: ${e.message}"
+    }
+
+    // A local model directory is passed to tasks by absolute path (tasks run in work/)
+    def model = params.model.toString()
+    if (isLocalPath(model) && file(model).exists()) model = file(model).toAbsolutePath().toString()
+
+    def digest_all  = LayerwiseUtils.sourceDigest(projectDir)
+    def digest_core = LayerwiseUtils.sourceDigest(projectDir, LayerwiseUtils.DOWNSTREAM_ONLY)
+    log.debug "layerwise source digests: all=${digest_all} core=${digest_core}"
+
+    return [
+        samplesheet: file(params.input, checkIfExists: true),
+        prompts    : file(params.prompts, checkIfExists: true),
+        model      : [model, params.model_revision ? params.model_revision.toString() : ''],
+        spec       : [
+            layers          : params.layers.toString().trim(),
+            languages       : params.languages.toString().split(',').collect { it.trim() }.findAll().join(','),
+            layer_groups    : params.layer_groups.toString().trim(),
+            samples_per_task: params.samples_per_task as int,
+        ],
+        digest_all : digest_all,
+        digest_core: digest_core,
+    ]
+}
+
+workflow PIPELINE_COMPLETION {
+
+    take:
+    ch_plan        // parsed plan.json (value channel); never arrives if PREFLIGHT fails
+
+    main:
+    registerCompletion(ch_plan)
+}
+
+/**
+ * Completion summary on the console (status, duration, outdir, layer files, resume hint) and
+ * the optional e-mail.
+ */
+def registerCompletion(ch_plan) {
+    // Inside the handler closure `params` and `workflow` do not resolve: capture the settings now
+    // and do the work in a function (functions see the script binding).
+    def settings = [
+        mono     : params.monochrome_logs as boolean,
+        outdir   : params.outdir.toString(),
+        email    : params.email,
+        emailFail: params.email_on_fail,
+        plaintext: params.plaintext_email as boolean,
+        expected : null,
+    ]
+    ch_plan.subscribe { plan -> settings.expected = (plan.layers as List).size() * (plan.languages as List).size() }
+    workflow.onComplete { completionSummary(settings) }
+}
+
+def completionSummary(Map settings) {
+    def c = LayerwiseSchema.colours(settings.mono)
+    def outdir = settings.outdir
+    def found = LayerwiseUtils.countLayerFiles(file("${outdir}/layer_checkpoints"))
+    def status = workflow.success ? "${c.green}completed successfully${c.reset}" : "${c.red}FAILED${c.reset}"
+    def lines = [
+        "layerwise ${workflow.manifest.version} ${status}${workflow.stubRun ? ' (stub run)' : ''}",
+        "  run name   : ${workflow.runName}",
+        "  duration   : ${workflow.duration}",
+        "  outdir     : ${outdir}",
+        "  layer files: ${found}" + (settings.expected != null ? " of ${settings.expected} in ${outdir}/layer_checkpoints" : ''),
+        "  reports    : ${outdir}/pipeline_info/",
+    ]
+    if (workflow.success && workflow.stats.ignoredCount)
+        lines << "  ${c.yellow}${workflow.stats.ignoredCount} task(s) failed and were ignored${c.reset}"
+    if (!workflow.success) {
+        lines << "  error      : ${workflow.errorMessage?.readLines()?.find() ?: workflow.exitStatus}"
+        lines << "  Fix the cause, then resume (finished tasks are reused):"
+        lines << "    ${LayerwiseUtils.resumeCommand(workflow.commandLine)}"
+    }
+    def text = lines.join('\n')
+    log.info "-${c.dim}----------------------------------------------------${c.reset}-\n${text}"
+
+    def to = settings.email ?: (!workflow.success ? settings.emailFail : null)
+    if (!to) return
+    def plain = text.replaceAll(/\033\[[0-9;]*m/, '')
+    def subject = "[layerwise] ${workflow.success ? 'Successful' : 'FAILED'}: ${workflow.runName}"
+    def body = plain + "\n\n  command    : ${workflow.commandLine}\n  launch dir : ${workflow.launchDir}\n  work dir   : ${workflow.workDir}\n"
+    try {
+        if (settings.plaintext) {
+            sendMail(to: to, subject: subject, text: body)
+        } else {
+            sendMail(to: to, subject: subject, body: "<html><body><pre>${body.replace('&', '&amp;').replace('<', '&lt;')}</pre></body></html>")
+        }
+        log.info "Sent the summary e-mail to ${to}"
+    } catch (Exception e) {
+        log.warn "Could not send the summary e-mail to ${to}: ${e.message} (configure the `mail` scope or a local sendmail)"
+    }
+}
+
+// -------------------------------------------------------------------------------------------------
+
+def header(Map c) {
+    """
+    -${c.dim}----------------------------------------------------${c.reset}-
+    ${c.bold}layerwise${c.reset} v${workflow.manifest.version}  ${c.dim}(Nextflow ${nextflow.version})${c.reset}
+      per-layer activations of ${params.model}
+    -${c.dim}----------------------------------------------------${c.reset}-
+      run name : ${workflow.runName}
+      profile  : ${workflow.profile}
+      launchDir: ${workflow.launchDir}
+      workDir  : ${workflow.workDir}
+      software : ${workflow.containerEngine ? "${workflow.containerEngine} container" : "venv / host environment"}
+    """.stripIndent()
+}
+
+def isLocalPath(String s) {
+    s.startsWith('/') || s.startsWith('./') || s.startsWith('../') || s.startsWith('~') || s == '.' || file(s).exists()
+}
+
+/** Checks that the schema cannot express. Each entry is one line naming the parameter. */
+def extraChecks(LayerwiseSchema schema) {
+    def errors = []
+    // A model given as a path must exist (hub ids like google/gemma-3-4b-it are resolved by the task)
+    if (params.model instanceof CharSequence && params.model) {
+        def m = params.model.toString()
+        if ((m.startsWith('/') || m.startsWith('./') || m.startsWith('../') || m.startsWith('~')) && !file(m).exists())
+            errors << "--model: directory not found: ${m}"
+        else if (file(m).exists() && !file(m).isDirectory())
+            errors << "--model: expected a model directory (with config.json) but found a file: ${m}"
+    }
+    // Memory/time of GPU jobs above the caps would be silently lowered by resourceLimits
+    if ('ncc' in workflow.profile.tokenize(',')) try {
+        if (params.gpu_memory && params.max_memory &&
+            new nextflow.util.MemoryUnit(params.gpu_memory.toString()) > new nextflow.util.MemoryUnit(params.max_memory.toString()))
+            log.warn "--gpu_memory ${params.gpu_memory} is above --max_memory ${params.max_memory}: jobs get ${params.max_memory}"
+    } catch (Exception ignored) { /* malformed values are reported by the schema check */ }
+    // venv mode (profiles test, ncc, venv without a container engine): the venv must exist
+    def profiles = workflow.profile.tokenize(',')
+    if (!workflow.containerEngine && profiles.any { it in ['test', 'ncc', 'venv'] } && params.venv) {
+        if (!file("${params.venv}/bin/activate").exists()) {
+            def msg = "--venv: no Python virtual environment at ${params.venv} (create it with scripts/setup.sh, pass --venv /path/to/venv, or use a container profile)"
+            if ('test' in profiles) errors << msg else log.warn msg
+        }
+    }
+    return errors
+}

@@ -1,0 +1,117 @@
+/*
+ * layerwise: PREFLIGHT -> EXTRACT_ACTIVATIONS (GPU, one job per unit) -> MERGE_ACTIVATIONS (per layer
+ * and language) -> COMBINE_LAYERS (per language, optional) -> VALIDATE_ACTIVATIONS.
+ * The CLI contracts of the processes are in docs/architecture.md.
+ */
+
+include { PREFLIGHT            } from '../modules/local/preflight'
+include { EXTRACT_ACTIVATIONS  } from '../modules/local/extract_activations'
+include { MERGE_ACTIVATIONS    } from '../modules/local/merge_activations'
+include { COMBINE_LAYERS       } from '../modules/local/combine_layers'
+include { VALIDATE_ACTIVATIONS } from '../modules/local/validate_activations'
+
+workflow LAYERWISE {
+
+    take:
+    ch_samplesheet     // value channel: path to the user's samplesheet CSV
+    ch_prompts         // value channel: path to prompts.json
+    ch_model           // value channel: [model id or absolute local path, revision or '']
+    ch_spec            // value channel: [layers:, languages:, layer_groups:, samples_per_task:]
+    digest_all         // value channel: digest of layerwise/**.py + assets/prompts.json
+    digest_core        // value channel: the same without the validation/report-only modules
+
+    main:
+    ch_versions = Channel.empty()
+
+    //
+    // Plan: validated samplesheet + plan.json (layer groups x languages x sample shards)
+    //
+    PREFLIGHT(ch_samplesheet, ch_prompts, ch_model, ch_spec, digest_all)
+    ch_versions = ch_versions.mix(PREFLIGHT.out.versions)
+
+    ch_plan_file   = PREFLIGHT.out.plan          // value channel (all PREFLIGHT inputs are values)
+    ch_sheet_valid = PREFLIGHT.out.samplesheet
+    ch_plan        = ch_plan_file.map { f -> new groovy.json.JsonSlurper().parse(f.toFile()) as Map }
+
+    //
+    // One meta map per work unit: [id, layers, layers_str, language, shard, rows, n_shards, n_layers]
+    //
+    ch_units = ch_plan.flatMap { plan ->
+        try {
+            LayerwiseUtils.units(plan)
+        } catch (IllegalStateException e) {
+            error("PREFLIGHT wrote an inconsistent plan: ${e.message}")
+        }
+    }
+
+    EXTRACT_ACTIVATIONS(ch_units, ch_sheet_valid, ch_prompts, ch_model, digest_core)
+    ch_versions = ch_versions.mix(EXTRACT_ACTIVATIONS.out.versions)
+
+    //
+    // (unit, [layer files]) -> one item per (layer, language, shard) -> grouped per (layer, language).
+    // groupKey carries the number of shards, so each group is emitted as soon as its last shard is done
+    // (merging starts while other layer groups are still extracting).
+    //
+    ch_shard_files = EXTRACT_ACTIVATIONS.out.layers
+        .flatMap { meta, files ->
+            def byLayer = [:]
+            (files instanceof List ? files : [files]).each { f ->
+                def m = f.name =~ /^layer_(\d+)_(.+)\.pt$/
+                if (!m.matches() || m.group(2) != meta.language)
+                    error("EXTRACT_ACTIVATIONS (${meta.id}) wrote an unexpected file: ${f.name}")
+                byLayer[m.group(1) as int] = f
+            }
+            if (byLayer.keySet() != (meta.layers as Set))
+                error("EXTRACT_ACTIVATIONS (${meta.id}) wrote layers ${byLayer.keySet().sort()} but the plan asked for ${meta.layers}")
+            meta.layers.collect { layer ->
+                def key = [id: "layer_${layer}_${meta.language}", layer: layer, language: meta.language, n_layers: meta.n_layers]
+                [ groupKey(key, meta.n_shards), meta.shard, byLayer[layer] ]
+            }
+        }
+        .groupTuple()
+        .map { key, shards, files ->
+            // groupTuple gathers in completion order: put the files in shard order
+            def ordered = [shards, files].transpose().sort { it[0] }.collect { it[1] }
+            [ key.getGroupTarget(), ordered ]
+        }
+
+    MERGE_ACTIVATIONS(ch_shard_files, digest_core)
+    ch_versions = ch_versions.mix(MERGE_ACTIVATIONS.out.versions)
+
+    //
+    // Optional: all layers of a language in one file
+    //
+    ch_combined = Channel.empty()
+    if (params.combined_files) {
+        ch_per_language = MERGE_ACTIVATIONS.out.layer
+            .map { meta, f -> [ groupKey([id: meta.language, language: meta.language], meta.n_layers), meta.layer, f ] }
+            .groupTuple()
+            .map { key, layers, files ->
+                [ key.getGroupTarget(), [layers, files].transpose().sort { it[0] }.collect { it[1] } ]
+            }
+        COMBINE_LAYERS(ch_per_language, digest_core)
+        ch_combined = COMBINE_LAYERS.out.combined
+        ch_versions = ch_versions.mix(COMBINE_LAYERS.out.versions)
+    }
+
+    //
+    // Validation over all merged files (sorted: a stable input order keeps -resume working)
+    //
+    ch_summaries = EXTRACT_ACTIVATIONS.out.summary
+        .toSortedList { a, b -> a[0].language <=> b[0].language ?: a[0].layers[0] <=> b[0].layers[0] ?: a[0].shard <=> b[0].shard }
+        .map { items -> items.collect { it[1] } }
+    ch_layer_files = MERGE_ACTIVATIONS.out.layer
+        .toSortedList { a, b -> a[0].layer <=> b[0].layer ?: a[0].language <=> b[0].language }
+        .map { items -> items.collect { it[1] } }
+
+    VALIDATE_ACTIVATIONS(ch_plan_file, ch_sheet_valid, ch_summaries, ch_layer_files, digest_all)
+    ch_versions = ch_versions.mix(VALIDATE_ACTIVATIONS.out.versions)
+
+    emit:
+    plan        = ch_plan                           // parsed plan.json (Map)
+    layers      = MERGE_ACTIVATIONS.out.layer       // [meta, layer_{L}_{language}.pt]
+    combined    = ch_combined                       // [meta, activations_{language}_all_layers.pt]
+    metadata    = VALIDATE_ACTIVATIONS.out.metadata
+    report      = VALIDATE_ACTIVATIONS.out.report
+    versions    = ch_versions
+}
