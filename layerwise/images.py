@@ -69,7 +69,7 @@ def encode_images(loaded, samples, out_path: str | Path, batch_size: int = 8) ->
     finally:
         counter.close()
         out_path.with_name(out_path.name + ".buffer").unlink(missing_ok=True)
-    return {"images": len(samples), "vision_tower_images": counter.images, "bytes_written": nbytes,
+    return {"kind": "encode_images", "images": len(samples), "vision_tower_images": counter.images, "bytes_written": nbytes,
             "seconds": round(time.perf_counter() - started, 3)}
 
 

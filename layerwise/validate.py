@@ -514,6 +514,8 @@ def validate(
     # per-file checks, in (language, layer) order
     entries = [check_file(given[n], *expected[n], ctx, problems) for n in expected if n in given]
     units = read_summaries(summaries, problems)
+    encodings = [u for u in units if u.get("kind") == "encode_images"]
+    extraction = [u for u in units if u.get("kind") != "encode_images"]
 
     # tables
     layer_cols = ["layer", "language", "file", "bytes", "sha256", "shape", "dtype", "layout", "samples",
@@ -556,7 +558,10 @@ def validate(
             "nonfinite_stored": sum(e["nonfinite_stored"] or 0 for e in entries),
         },
         "checks": problems.by_check(),
-        "extraction": {"totals": merge_summaries(units), "units": units},
+        "extraction": {"totals": merge_summaries(extraction), "units": extraction},
+        "image_encoding": {"totals": merge_summaries(encodings), "units": encodings},
+        "vision_tower": {"images_encoded": sum(int(u.get("vision_tower_images") or 0) for u in units),
+                         "distinct_images": int(sheet["image"].nunique()) if "image" in sheet else None},
         "outputs": [METADATA_JSON, SAMPLES_PARQUET, LAYERS_PARQUET, NORMS_PARQUET, REPORT_HTML],
     }
 

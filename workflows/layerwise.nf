@@ -1,10 +1,11 @@
 /*
- * layerwise: PREFLIGHT -> EXTRACT_ACTIVATIONS (GPU, one job per unit) -> MERGE_ACTIVATIONS (per layer
+ * layerwise: PREFLIGHT -> ENCODE_IMAGES (GPU, one job per sample shard) -> EXTRACT_ACTIVATIONS (GPU, one job per unit) -> MERGE_ACTIVATIONS (per layer
  * and language) -> COMBINE_LAYERS (per language, optional) -> VALIDATE_ACTIVATIONS.
  * The CLI contracts of the processes are in docs/architecture.md.
  */
 
 include { PREFLIGHT            } from '../modules/local/preflight'
+include { ENCODE_IMAGES        } from '../modules/local/encode_images'
 include { EXTRACT_ACTIVATIONS  } from '../modules/local/extract_activations'
 include { MERGE_ACTIVATIONS    } from '../modules/local/merge_activations'
 include { COMBINE_LAYERS       } from '../modules/local/combine_layers'
@@ -44,7 +45,25 @@ workflow LAYERWISE {
         }
     }
 
-    EXTRACT_ACTIVATIONS(ch_units, ch_sheet_valid, ch_prompts, ch_model, digest_core)
+    //
+    // Compute diet: one ENCODE_IMAGES job per sample shard runs the vision tower once per image; every
+    // unit of that shard (each language and layer group) reuses its features.
+    //
+    if (params.share_image_features) {
+        ch_shards = ch_plan.flatMap { plan ->
+            plan.shards.collect { s -> [id: "shard_${s.index}", shard: s.index as int, rows: s.rows] }
+        }
+        ENCODE_IMAGES(ch_shards, ch_sheet_valid, ch_model, digest_core)
+        ch_versions = ch_versions.mix(ENCODE_IMAGES.out.versions)
+        ch_unit_inputs = ch_units
+            .map { meta -> [meta.shard, meta] }
+            .combine(ENCODE_IMAGES.out.features.map { meta, f -> [meta.shard, f] }, by: 0)
+            .map { shard, meta, features -> [meta, features] }
+    } else {
+        ch_unit_inputs = ch_units.map { meta -> [meta, []] }
+    }
+
+    EXTRACT_ACTIVATIONS(ch_unit_inputs, ch_sheet_valid, ch_prompts, ch_model, digest_core)
     ch_versions = ch_versions.mix(EXTRACT_ACTIVATIONS.out.versions)
 
     //
@@ -97,8 +116,14 @@ workflow LAYERWISE {
     //
     // Validation over all merged files (sorted: a stable input order keeps -resume working)
     //
+    // Run summaries of every GPU job (image encoding and extraction), in a stable order for -resume
+    ch_encode_summaries = params.share_image_features
+        ? ENCODE_IMAGES.out.summary.map { meta, f -> [sprintf('0/%06d', meta.shard), f] }
+        : Channel.empty()
     ch_summaries = EXTRACT_ACTIVATIONS.out.summary
-        .toSortedList { a, b -> a[0].language <=> b[0].language ?: a[0].layers[0] <=> b[0].layers[0] ?: a[0].shard <=> b[0].shard }
+        .map { meta, f -> [sprintf('1/%s/%06d/%06d', meta.language, meta.layers[0], meta.shard), f] }
+        .mix(ch_encode_summaries)
+        .toSortedList { a, b -> a[0] <=> b[0] }
         .map { items -> items.collect { it[1] } }
     ch_layer_files = MERGE_ACTIVATIONS.out.layer
         .toSortedList { a, b -> a[0].layer <=> b[0].layer ?: a[0].language <=> b[0].language }

@@ -29,23 +29,7 @@ process COMBINE_LAYERS {
         ${args} \\
         ${files}
 
-    echo '"${task.process}":' > versions.yml
-    python3 - '${projectDir}' >> versions.yml <<'END_VERSIONS' || echo '    python: "NA"' >> versions.yml
-    import platform, sys
-    from importlib.metadata import version, PackageNotFoundError
-    print('    python: "%s"' % platform.python_version())
-    for pkg in ('torch',):
-        try:
-            print('    %s: "%s"' % (pkg, version(pkg)))
-        except PackageNotFoundError:
-            print('    %s: "NA"' % pkg)
-    sys.path.insert(0, sys.argv[1])
-    try:
-        import layerwise
-        print('    layerwise: "%s"' % layerwise.__version__)
-    except Exception:
-        print('    layerwise: "NA"')
-    END_VERSIONS
+    layerwise-versions '${task.process}' torch > versions.yml
     """
 
     stub:

@@ -14,7 +14,9 @@ process EXTRACT_ACTIVATIONS {
         'ghcr.io/layerwise/layerwise:0.1.0' }"
 
     input:
-    val meta                                // [id, layers, layers_str, language, shard, rows, n_shards, n_layers]
+    // meta: [id, layers, layers_str, language, shard, rows, n_shards, n_layers]; image_features: the
+    // shard's ENCODE_IMAGES output, or [] to run the vision tower here (--share_image_features false)
+    tuple val(meta), path(image_features)
     path samplesheet                        // samplesheet.valid.csv from PREFLIGHT
     path prompts
     tuple val(model), val(revision)
@@ -32,6 +34,7 @@ process EXTRACT_ACTIVATIONS {
     def args = task.ext.args ?: ''           // --batch-size, --checkpoint-interval, --dtype, ... (conf/modules.config)
     def rev  = revision ? "--revision '${revision}'" : ''
     def rows = meta.rows ? "--rows ${meta.rows}" : ''
+    def feats = image_features ? "--image-features ${image_features}" : ''
     // A retry (job killed for time or memory: see errorStrategy) continues from the last checkpoint
     // of the previous attempt: its .partial/ scratch is moved into this task directory.
     def prev = task.attempt > 1 && task.previousTrace?.workdir ? task.previousTrace.workdir : ''
@@ -47,28 +50,12 @@ process EXTRACT_ACTIVATIONS {
         --model '${model}' ${rev} \\
         --language ${meta.language} \\
         --layers '${meta.layers.join(' ')}' \\
-        ${rows} \\
+        ${rows} ${feats} \\
         --prompts ${prompts} \\
         --out-dir . \\
         ${args}
 
-    echo '"${task.process}":' > versions.yml
-    python3 - '${projectDir}' >> versions.yml <<'END_VERSIONS' || echo '    python: "NA"' >> versions.yml
-    import platform, sys
-    from importlib.metadata import version, PackageNotFoundError
-    print('    python: "%s"' % platform.python_version())
-    for pkg in ('torch', 'transformers'):
-        try:
-            print('    %s: "%s"' % (pkg, version(pkg)))
-        except PackageNotFoundError:
-            print('    %s: "NA"' % pkg)
-    sys.path.insert(0, sys.argv[1])
-    try:
-        import layerwise
-        print('    layerwise: "%s"' % layerwise.__version__)
-    except Exception:
-        print('    layerwise: "NA"')
-    END_VERSIONS
+    layerwise-versions '${task.process}' torch transformers > versions.yml
     """
 
     stub:

@@ -12,7 +12,7 @@ process VALIDATE_ACTIVATIONS {
     input:
     path plan                                                     // plan.json
     path samplesheet                                              // samplesheet.valid.csv
-    path summaries, stageAs: 'summaries/summary_???.json'         // one summary.json per EXTRACT unit
+    path summaries, stageAs: 'summaries/summary_???.json'         // image_features.json per ENCODE_IMAGES job + summary.json per EXTRACT unit
     path layer_files                                              // layer_{L}_{language}.pt, sorted
     val source_digest
 
@@ -39,23 +39,7 @@ process VALIDATE_ACTIVATIONS {
         ${files} \\
         --summaries ${sums}
 
-    echo '"${task.process}":' > versions.yml
-    python3 - '${projectDir}' >> versions.yml <<'END_VERSIONS' || echo '    python: "NA"' >> versions.yml
-    import platform, sys
-    from importlib.metadata import version, PackageNotFoundError
-    print('    python: "%s"' % platform.python_version())
-    for pkg in ('torch', 'pandas', 'pyarrow'):
-        try:
-            print('    %s: "%s"' % (pkg, version(pkg)))
-        except PackageNotFoundError:
-            print('    %s: "NA"' % pkg)
-    sys.path.insert(0, sys.argv[1])
-    try:
-        import layerwise
-        print('    layerwise: "%s"' % layerwise.__version__)
-    except Exception:
-        print('    layerwise: "NA"')
-    END_VERSIONS
+    layerwise-versions '${task.process}' torch pandas pyarrow > versions.yml
     """
 
     stub:
