@@ -97,15 +97,6 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _apply_nan_policy(rows: torch.Tensor, policy: str, where: str) -> tuple[torch.Tensor, int]:
-    bad = int((~torch.isfinite(rows)).sum())
-    if bad and policy == "fail":
-        raise LayerwiseError(f"{bad} NaN/Inf values in {where} (--nan-policy fail)")
-    if bad and policy == "zero":
-        rows = torch.nan_to_num(rows, nan=0.0, posinf=0.0, neginf=0.0)
-    return rows, bad
-
-
 class Extractor:
     """Runs a unit with an already loaded model (the model can be reused across units)."""
 
@@ -186,20 +177,27 @@ class Extractor:
         batch = self.encode(chunk, pre.prompt, cfg.language)
         keep = selection_mask(batch, cfg.token_selection)
         counts = keep.sum(dim=1).tolist()
+        pooled = cfg.token_selection == "mean"
+        token_ids = ([torch.full((1,), schema.PAD_TOKEN_ID)] * len(chunk) if pooled
+                     else batch.input_ids[keep].split(counts))
         captured = self.forward(batch, pre.layers)
         keep_dev = keep.to(self.loaded.device)
         for layer, hidden in captured.items():
-            # One gather and one device-to-host copy per layer and batch, then split per sample.
+            # On the device: one gather, one NaN count, one policy pass; then one copy to the host.
             kept = hidden[keep_dev]
-            if cfg.token_selection == "mean":
+            if pooled:
                 kept = torch.stack([part.float().mean(0) for part in kept.split(counts)]).to(hidden.dtype)
-            per_sample = kept.to("cpu").split(1 if cfg.token_selection == "mean" else counts)
-            ids = batch.input_ids[keep].split(counts)
-            for sample, rows, token_ids in zip(chunk, per_sample, ids):
-                if cfg.token_selection == "mean":
-                    token_ids = torch.full((1,), schema.PAD_TOKEN_ID)
-                rows, bad = _apply_nan_policy(rows, cfg.nan_policy, f"layer {layer}, sample {sample.sample_id}")
-                writers[layer].append(rows, token_ids, bad)
+            bad_per_row = (~torch.isfinite(kept)).sum(dim=-1)
+            bad = [int(part.sum()) for part in bad_per_row.cpu().split(1 if pooled else counts)]
+            if any(bad) and cfg.nan_policy == "fail":
+                first = next(i for i, n in enumerate(bad) if n)
+                raise LayerwiseError(f"{bad[first]} NaN/Inf values in layer {layer}, sample {chunk[first].sample_id} "
+                                     "(--nan-policy fail)")
+            if any(bad) and cfg.nan_policy == "zero":
+                kept = torch.nan_to_num(kept, nan=0.0, posinf=0.0, neginf=0.0)
+            per_sample = kept.to("cpu").split(1 if pooled else counts)
+            for rows, ids, n_bad in zip(per_sample, token_ids, bad):
+                writers[layer].append(rows, ids, n_bad)
         return len(chunk) if cfg.token_selection in ("mean", "last") else sum(counts)
 
     def _meta(self, cfg: UnitConfig, pre: Preflight) -> dict:
@@ -220,8 +218,7 @@ class Extractor:
     def _restore(path: Path, cfg: UnitConfig, writers: dict[int, LayerFileWriter]) -> int:
         if not path.exists():
             for w in writers.values():
-                w.restore({"lengths": [], "token_ids": torch.zeros(0, dtype=torch.int64), "nan_counts": [],
-                           "raw_bytes": 0})
+                w.restore({"lengths": [], "nan_counts": []})
             return 0
         state = torch.load(path, weights_only=True)
         if state["fingerprint"] != cfg.fingerprint() or set(state["writers"]) != {str(k) for k in writers}:

@@ -60,7 +60,11 @@ def file_backed_zeros(path: Path, shape: tuple[int, ...], dtype: torch.dtype) ->
 
 @dataclass
 class LayerFileWriter:
-    """Accumulates one layer's rows for one language on disk; see module docstring."""
+    """Accumulates one layer's rows for one language on disk; see module docstring.
+
+    Rows and their token ids go to two append-only scratch files; only the per-sample lengths
+    and NaN counts (a few integers per sample) stay in memory, so a checkpoint is cheap.
+    """
 
     path: Path
     scratch_dir: Path
@@ -68,7 +72,6 @@ class LayerFileWriter:
     dtype: torch.dtype
     layout: str
     lengths: list[int] = field(default_factory=list)
-    token_ids: list[torch.Tensor] = field(default_factory=list)
     nan_counts: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -77,8 +80,10 @@ class LayerFileWriter:
         self.path = Path(self.path)
         self.scratch_dir = Path(self.scratch_dir)
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
-        self._raw_path = self.scratch_dir / (self.path.name + ".rows")
-        self._raw = open(self._raw_path, "ab")
+        self._rows_path = self.scratch_dir / (self.path.name + ".rows")
+        self._ids_path = self.scratch_dir / (self.path.name + ".ids")
+        self._rows = open(self._rows_path, "ab")
+        self._ids = open(self._ids_path, "ab")
         self._row_bytes = self.hidden_size * torch.empty((), dtype=self.dtype).element_size()
 
     # -- appending ---------------------------------------------------------------------------
@@ -89,9 +94,9 @@ class LayerFileWriter:
         if token_ids.shape[0] != rows.shape[0]:
             raise ValueError("token_ids and rows disagree on the number of positions")
         cpu = rows.detach().to("cpu", self.dtype).contiguous()
-        self._raw.write(cpu.view(torch.uint8).numpy().tobytes())
+        self._rows.write(cpu.view(torch.uint8).numpy().data)  # raw bytes, no extra copy
+        self._ids.write(token_ids.detach().to("cpu", torch.int64).contiguous().numpy().data)
         self.lengths.append(int(rows.shape[0]))
-        self.token_ids.append(token_ids.detach().to("cpu", torch.int64).reshape(-1))
         self.nan_counts.append(int(nan_count))
 
     @property
@@ -100,36 +105,36 @@ class LayerFileWriter:
 
     # -- checkpointing -----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """Flush the rows to disk and return what is needed to restore this point."""
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        return {
-            "lengths": list(self.lengths),
-            "token_ids": torch.cat(self.token_ids) if self.token_ids else torch.zeros(0, dtype=torch.int64),
-            "nan_counts": list(self.nan_counts),
-            "raw_bytes": sum(self.lengths) * self._row_bytes,
-        }
+        """Flush both scratch files to disk and return what is needed to restore this point."""
+        for fh in (self._rows, self._ids):
+            fh.flush()
+            os.fsync(fh.fileno())
+        return {"lengths": list(self.lengths), "nan_counts": list(self.nan_counts)}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Go back to a committed `state()`: rows written after it are discarded."""
-        self._raw.close()
-        with open(self._raw_path, "r+b") as fh:
-            fh.truncate(int(state["raw_bytes"]))
-        self._raw = open(self._raw_path, "ab")
         self.lengths = [int(x) for x in state["lengths"]]
-        self.token_ids = list(torch.split(state["token_ids"], self.lengths)) if self.lengths else []
         self.nan_counts = [int(x) for x in state["nan_counts"]]
+        total = sum(self.lengths)
+        for attr, path, nbytes in (("_rows", self._rows_path, total * self._row_bytes), ("_ids", self._ids_path, total * 8)):
+            getattr(self, attr).close()
+            with open(path, "r+b") as fh:
+                if fh.seek(0, os.SEEK_END) < nbytes:
+                    raise ValueError(f"scratch file {path} is shorter than its checkpoint")
+                fh.truncate(nbytes)
+            setattr(self, attr, open(path, "ab"))
 
     # -- finishing ---------------------------------------------------------------------------
     def finish(self, meta: dict[str, Any]) -> int:
         """Write the final file atomically and delete the scratch; returns bytes written."""
-        self._raw.close()
+        self._rows.close()
+        self._ids.close()
         lengths = torch.tensor(self.lengths, dtype=torch.int64)
         offsets = torch.zeros(len(self.lengths) + 1, dtype=torch.int64)
         torch.cumsum(lengths, 0, out=offsets[1:])
         total = int(offsets[-1])
-        flat_ids = torch.cat(self.token_ids) if self.token_ids else torch.zeros(0, dtype=torch.int64)
-        rows = self._rows_view(total)
+        rows = _mapped(self._rows_path, (total, self.hidden_size), self.dtype)
+        flat_ids = _mapped(self._ids_path, (total,), torch.int64)
         buffer_path = self.scratch_dir / (self.path.name + ".padded")
         if self.layout == "ragged":
             activations, token_ids = rows, flat_ids
@@ -146,7 +151,7 @@ class LayerFileWriter:
             activations=activations,
             lengths=lengths,
             offsets=offsets,
-            token_ids=token_ids,
+            token_ids=token_ids.clone() if self.layout == "ragged" else token_ids,
             nan_counts=torch.tensor(self.nan_counts, dtype=torch.int64),
             hidden_size=self.hidden_size,
             layout=self.layout,
@@ -156,22 +161,25 @@ class LayerFileWriter:
         if missing:
             raise ValueError(f"layer file {self.path.name} lacks keys {missing}")
         nbytes = atomic_torch_save(payload, self.path)
-        del activations, rows, payload
-        self._raw_path.unlink(missing_ok=True)
+        del activations, rows, payload, flat_ids, token_ids
+        self.discard()
         buffer_path.unlink(missing_ok=True)
         return nbytes
 
     def discard(self) -> None:
-        self._raw.close()
-        self._raw_path.unlink(missing_ok=True)
+        for fh, path in ((self._rows, self._rows_path), (self._ids, self._ids_path)):
+            fh.close()
+            path.unlink(missing_ok=True)
 
-    def _rows_view(self, total: int) -> torch.Tensor:
-        if total == 0:
-            return torch.zeros((0, self.hidden_size), dtype=self.dtype)
-        numel = total * self.hidden_size
-        return torch.from_file(str(self._raw_path), shared=False, size=numel, dtype=self.dtype).view(
-            total, self.hidden_size
-        )
+
+def _mapped(path: Path, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Read-only view of a raw scratch file (copy-on-write mmap: no RAM up front)."""
+    numel = 1
+    for s in shape:
+        numel *= s
+    if numel == 0:
+        return torch.zeros(shape, dtype=dtype)
+    return torch.from_file(str(path), shared=False, size=numel, dtype=dtype).view(shape)
 
 
 def load_layer_file(path: str | os.PathLike, mmap: bool = True) -> dict[str, Any]:

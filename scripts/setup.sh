@@ -10,6 +10,8 @@ command -v java >/dev/null || { echo "setup: java (JDK 17+) is required for Next
 command -v mvn >/dev/null || { echo "setup: mvn is required to resolve Nextflow from Maven Central" >&2; exit 1; }
 scripts/install-nextflow.sh
 python="${PYTHON:-python3}"
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+    echo "setup: Python >= 3.11 is required (transformers 5.2x); set PYTHON=/path/to/python3.11" >&2; exit 1; }
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
 stamp=.venv/.requirements.sha256
 want=$(cat requirements.txt requirements-test.txt | sha256sum | cut -d' ' -f1)
