@@ -240,4 +240,10 @@ def run_unit(cfg: UnitConfig, on_batch: Callable[[int], None] | None = None,
     if loaded is None:
         loaded = load_model(cfg.model, cfg.revision, cfg.dtype, cfg.device)
     features = ImageFeatures(cfg.image_features, cfg.model, loaded.revision) if cfg.image_features else None
-    return Extractor(loaded, features).run(cfg, pre, on_batch)
+    try:
+        return Extractor(loaded, features).run(cfg, pre, on_batch)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise LayerwiseError(
+            f"the GPU ran out of memory at --batch-size {cfg.batch_size} ({str(exc).splitlines()[0]}). "
+            "Re-run with a smaller --batch_size (with -resume, finished jobs are kept), fewer samples per job "
+            "(--samples_per_task), or a GPU with more memory.") from None
