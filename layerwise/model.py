@@ -35,16 +35,26 @@ class LoadedModel:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """`auto`: the GPU when there is one; `cuda`: a GPU or a clear error (no silent CPU fallback)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LayerwiseError(
+            f"--device {name}: torch {torch.__version__} sees no CUDA GPU "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). Check that the job got a GPU "
+            f"(--gres) and that the NVIDIA driver supports CUDA {torch.version.cuda} (`nvidia-smi`); otherwise "
+            "install a torch build for the driver's CUDA version.")
+    return device
 
 
 def resolve_dtype(name: str, device: torch.device, model_type: str) -> torch.dtype:
     if name not in schema.DTYPES:
         raise LayerwiseError(f"--dtype {name!r} is not one of {', '.join(schema.DTYPES)}")
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        # bf16 where the GPU has it (A100, H100); float32 on V100s and CPUs. Never fp16 for Gemma 3.
+        cuda = device.type == "cuda" and torch.cuda.is_available()
+        return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported(including_emulation=False) else torch.float32
     if name == "float16" and model_type.startswith(FP16_OVERFLOW_MODEL_TYPES):
         raise LayerwiseError(
             f"--dtype float16 is refused for {model_type}: its activations overflow float16 and turn "

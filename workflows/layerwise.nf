@@ -35,15 +35,18 @@ workflow LAYERWISE {
     ch_plan        = ch_plan_file.map { f -> new groovy.json.JsonSlurper().parse(f.toFile()) as Map }
 
     //
-    // One meta map per work unit: [id, layers, layers_str, language, shard, rows, n_shards, n_layers]
+    // One meta map per work unit: [id, layers, layers_str, language, shard, rows]. Plan-wide counts
+    // (shards, layers) are kept out of it: a meta map is part of the task hash, and adding layers
+    // must not invalidate the units that already ran.
     //
     ch_units = ch_plan.flatMap { plan ->
         try {
-            LayerwiseUtils.units(plan)
+            LayerwiseUtils.units(plan).collect { it.subMap(['id', 'layers', 'layers_str', 'language', 'shard', 'rows']) }
         } catch (IllegalStateException e) {
             error("PREFLIGHT wrote an inconsistent plan: ${e.message}")
         }
     }
+    ch_counts = ch_plan.map { plan -> [n_shards: plan.shards.size(), n_layers: plan.layers.size()] }
 
     //
     // Compute diet: one ENCODE_IMAGES job per sample shard runs the vision tower once per image; every
@@ -72,7 +75,8 @@ workflow LAYERWISE {
     // (merging starts while other layer groups are still extracting).
     //
     ch_shard_files = EXTRACT_ACTIVATIONS.out.layers
-        .flatMap { meta, files ->
+        .combine(ch_counts)
+        .flatMap { meta, files, counts ->
             def byLayer = [:]
             (files instanceof List ? files : [files]).each { f ->
                 def m = f.name =~ /^layer_(\d+)_(.+)\.pt$/
@@ -83,8 +87,8 @@ workflow LAYERWISE {
             if (byLayer.keySet() != (meta.layers as Set))
                 error("EXTRACT_ACTIVATIONS (${meta.id}) wrote layers ${byLayer.keySet().sort()} but the plan asked for ${meta.layers}")
             meta.layers.collect { layer ->
-                def key = [id: "layer_${layer}_${meta.language}", layer: layer, language: meta.language, n_layers: meta.n_layers]
-                [ groupKey(key, meta.n_shards), meta.shard, byLayer[layer] ]
+                def key = [id: "layer_${layer}_${meta.language}", layer: layer, language: meta.language]
+                [ groupKey(key, counts.n_shards), meta.shard, byLayer[layer] ]
             }
         }
         .groupTuple()
@@ -103,7 +107,8 @@ workflow LAYERWISE {
     ch_combined = Channel.empty()
     if (params.combined_files) {
         ch_per_language = MERGE_ACTIVATIONS.out.layer
-            .map { meta, f -> [ groupKey([id: meta.language, language: meta.language], meta.n_layers), meta.layer, f ] }
+            .combine(ch_counts)
+            .map { meta, f, counts -> [ groupKey([id: meta.language, language: meta.language], counts.n_layers), meta.layer, f ] }
             .groupTuple()
             .map { key, layers, files ->
                 [ key.getGroupTarget(), [layers, files].transpose().sort { it[0] }.collect { it[1] } ]

@@ -14,7 +14,7 @@ process EXTRACT_ACTIVATIONS {
         'ghcr.io/layerwise/layerwise:0.1.0' }"
 
     input:
-    // meta: [id, layers, layers_str, language, shard, rows, n_shards, n_layers]; image_features: the
+    // meta: [id, layers, layers_str, language, shard, rows]; image_features: the
     // shard's ENCODE_IMAGES output, or [] to run the vision tower here (--share_image_features false)
     tuple val(meta), path(image_features)
     path samplesheet                        // samplesheet.valid.csv from PREFLIGHT
