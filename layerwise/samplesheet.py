@@ -13,9 +13,10 @@ Header names are matched after stripping whitespace and lower-casing; a UTF-8 BO
 data row after the header) in messages. All problems are collected and reported together.
 
 The normalised frame (and ``samplesheet.valid.csv``) has the columns ``row`` (0-based position),
-``sample_id``, ``image`` (absolute path), ``gender``, ``caption_<language>`` for each requested
-language in the requested order, then any extra user columns unchanged (unrequested
-``caption_*`` columns and an input ``row`` column are dropped).
+``sample_id``, ``image`` (absolute path), ``gender``, every ``caption_<language>`` column in
+header order (requested or not: so that asking for one more language later leaves this file, and
+the cached jobs that read it, unchanged), then any extra user columns unchanged (an input ``row``
+column is dropped). Only the requested languages' captions are checked.
 """
 from __future__ import annotations
 
@@ -210,8 +211,9 @@ def read_samplesheet(path: str | Path, languages: str | Iterable[str], *, check_
         raise LayerwiseError(_summary(path, problems))
     df[schema.IMAGE] = images
     df[schema.GENDER] = genders
+    all_captions = [c for c in header if c.startswith(schema.CAPTION_PREFIX)]
     extra = [c for c in header if c not in required and c != ROW and not c.startswith(schema.CAPTION_PREFIX)]
-    out = df[[schema.SAMPLE_ID, schema.IMAGE, schema.GENDER] + caption_cols + extra].copy()
+    out = df[[schema.SAMPLE_ID, schema.IMAGE, schema.GENDER] + all_captions + extra].copy()
     out.insert(0, ROW, range(len(out)))
     out.attrs["samplesheet"] = str(path)
     return out

@@ -174,7 +174,7 @@ def test_plan_errors_name_parameters(tmp_path):
     with pytest.raises(LayerwiseError, match="--layer_groups"):
         make_plan(df, INFO, "0-3", ["english"], "9", 0)
     with pytest.raises(LayerwiseError, match="--languages.*caption_arabic"):
-        make_plan(df, INFO, "0-3", ["arabic"], "auto", 0)
+        make_plan(df.drop(columns=["caption_arabic"], errors="ignore"), INFO, "0-3", ["arabic"], "auto", 0)
 
 
 # ---------------------------------------------------------------- CLI

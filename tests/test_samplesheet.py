@@ -67,11 +67,14 @@ def test_valid_sheet_is_normalised(sheet, tmp_path):
     assert df["image"][0] == str(tmp_path / "img" / "a.png")
 
 
-def test_only_requested_languages_are_required_and_kept(tmp_path):
+def test_only_requested_languages_are_checked_but_all_captions_kept(tmp_path):
     make_image(tmp_path / "a.png")
     path = write_csv(tmp_path / "s.csv", [["x", "a.png", "male", "hello", ""]])
     df = read_samplesheet(path, ["english"])   # the empty Arabic caption does not matter
-    assert "caption_arabic" not in df.columns
+    assert list(df.columns[-2:]) == ["caption_english", "caption_arabic"]
+    # asking for one language more later must not change the normalised samplesheet (-resume)
+    both = write_csv(tmp_path / "t.csv", [["x", "a.png", "male", "hello", "مرحبا"]])
+    assert list(read_samplesheet(both, ["english"]).columns) == list(read_samplesheet(both, ["arabic", "english"]).columns)
     assert "arabic" in problems_of(path, ["english", "arabic"])
 
 
