@@ -245,5 +245,4 @@ def run_unit(cfg: UnitConfig, on_batch: Callable[[int], None] | None = None,
     except torch.cuda.OutOfMemoryError as exc:
         raise LayerwiseError(
             f"the GPU ran out of memory at --batch-size {cfg.batch_size} ({str(exc).splitlines()[0]}). "
-            "Re-run with a smaller --batch_size (with -resume, finished jobs are kept), fewer samples per job "
-            "(--samples_per_task), or a GPU with more memory.") from None
+            "Re-run with a smaller --batch_size or on a GPU with more memory.") from None
