@@ -19,7 +19,7 @@ Phases (each gets a share of `--budget-s`; a phase cut short reports what it mea
   all-diet      (optional) all tokens with the compute diet
 
 The extraction phases use layerwise's own hot path: capture.capture_layers + capture.run_until,
-one gather and one device-to-host copy per layer and batch, extract._apply_nan_policy per sample
+one gather and one device-to-host copy per layer and batch, extract.store_batch (NaN count and policy on the device)
 and store.LayerFileWriter.append / state (checkpoint) / finish, writing real files into a local
 scratch folder. Figures: samples/s, GPU peak memory, bytes/s written, and the projected wall time
 of the seed's job (2000 samples x 2 languages x 34 layers) with the goal <= 10 min on one GPU.
@@ -296,21 +296,14 @@ class Bench:
                 self.model.model.get_image_features = restore
         return dict(captured)
 
-    # -- the engine's per-batch hot path (layerwise.extract.Extractor._extract_batch) -------------
+    # -- the engine's per-batch hot path (layerwise.extract.store_batch) --------------------------
     def write_batch(self, captured: dict, b: dict, selection: str, lang: str, writers: dict, start: int) -> int:
-        from layerwise.extract import _apply_nan_policy
+        from layerwise.extract import store_batch
 
         keep = b["caption_mask"] if selection == "caption" else b["attention_mask"]
-        counts = keep.sum(dim=1).tolist()
-        keep_dev = keep.to(self.device)
-        for layer, hidden in captured.items():
-            kept = hidden[keep_dev]
-            per_sample = kept.to("cpu").split(counts)
-            ids = b["input_ids"][keep].split(counts)
-            for i, (rows, token_ids) in enumerate(zip(per_sample, ids)):
-                rows, bad = _apply_nan_policy(rows, "zero", f"layer {layer}, sample {start + i}")
-                writers[(layer, lang)].append(rows, token_ids, bad)
-        return sum(counts)
+        sample_ids = [f"s{start + i}" for i in range(keep.shape[0])]
+        return store_batch(captured, keep, b["input_ids"], selection, "zero", sample_ids,
+                           {layer: writers[(layer, lang)] for layer in captured})
 
     def make_writers(self, phase_dir: Path) -> dict:
         from layerwise import schema

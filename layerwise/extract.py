@@ -97,6 +97,33 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def store_batch(captured: dict[int, torch.Tensor], keep: torch.Tensor, input_ids: torch.Tensor, selection: str,
+                nan_policy: str, sample_ids: list[str], writers: dict[int, LayerFileWriter]) -> int:
+    """Append one batch's kept rows of every captured layer to that layer's writer.
+
+    The hot path: per layer one gather, one NaN count and one policy pass on the device, then a
+    single copy to the host, split per sample. Returns the positions kept.
+    """
+    counts = keep.sum(dim=1).tolist()
+    pooled = selection == "mean"
+    token_ids = [torch.full((1,), schema.PAD_TOKEN_ID)] * len(sample_ids) if pooled else input_ids[keep].split(counts)
+    for layer, hidden in captured.items():
+        kept = hidden[keep.to(hidden.device)]
+        if pooled:
+            kept = torch.stack([part.float().mean(0) for part in kept.split(counts)]).to(hidden.dtype)
+        bad_per_row = (~torch.isfinite(kept)).sum(dim=-1)
+        bad = [int(part.sum()) for part in bad_per_row.cpu().split(1 if pooled else counts)]
+        if any(bad) and nan_policy == "fail":
+            first = next(i for i, n in enumerate(bad) if n)
+            raise LayerwiseError(f"{bad[first]} NaN/Inf values in layer {layer}, sample {sample_ids[first]} "
+                                 "(--nan-policy fail)")
+        if any(bad) and nan_policy == "zero":
+            kept = torch.nan_to_num(kept, nan=0.0, posinf=0.0, neginf=0.0)
+        for rows, ids, n_bad in zip(kept.to("cpu").split(1 if pooled else counts), token_ids, bad):
+            writers[layer].append(rows, ids, n_bad)
+    return len(sample_ids) if selection in ("mean", "last") else sum(counts)
+
+
 class Extractor:
     """Runs a unit with an already loaded model (the model can be reused across units)."""
 
@@ -176,29 +203,9 @@ class Extractor:
         """Forward one batch and append each sample's kept rows to every layer's writer."""
         batch = self.encode(chunk, pre.prompt, cfg.language)
         keep = selection_mask(batch, cfg.token_selection)
-        counts = keep.sum(dim=1).tolist()
-        pooled = cfg.token_selection == "mean"
-        token_ids = ([torch.full((1,), schema.PAD_TOKEN_ID)] * len(chunk) if pooled
-                     else batch.input_ids[keep].split(counts))
         captured = self.forward(batch, pre.layers)
-        keep_dev = keep.to(self.loaded.device)
-        for layer, hidden in captured.items():
-            # On the device: one gather, one NaN count, one policy pass; then one copy to the host.
-            kept = hidden[keep_dev]
-            if pooled:
-                kept = torch.stack([part.float().mean(0) for part in kept.split(counts)]).to(hidden.dtype)
-            bad_per_row = (~torch.isfinite(kept)).sum(dim=-1)
-            bad = [int(part.sum()) for part in bad_per_row.cpu().split(1 if pooled else counts)]
-            if any(bad) and cfg.nan_policy == "fail":
-                first = next(i for i, n in enumerate(bad) if n)
-                raise LayerwiseError(f"{bad[first]} NaN/Inf values in layer {layer}, sample {chunk[first].sample_id} "
-                                     "(--nan-policy fail)")
-            if any(bad) and cfg.nan_policy == "zero":
-                kept = torch.nan_to_num(kept, nan=0.0, posinf=0.0, neginf=0.0)
-            per_sample = kept.to("cpu").split(1 if pooled else counts)
-            for rows, ids, n_bad in zip(per_sample, token_ids, bad):
-                writers[layer].append(rows, ids, n_bad)
-        return len(chunk) if cfg.token_selection in ("mean", "last") else sum(counts)
+        return store_batch(captured, keep, batch.input_ids, cfg.token_selection, cfg.nan_policy,
+                           [s.sample_id for s in chunk], writers)
 
     def _meta(self, cfg: UnitConfig, pre: Preflight) -> dict:
         return {

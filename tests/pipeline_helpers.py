@@ -190,19 +190,8 @@ def stop_pipeline(run: PipelineRun, grace: float = 30) -> None:
     """Interrupt a run from `start_pipeline` as a scheduler would: SIGTERM to Nextflow itself (it aborts
     its tasks and closes its cache), then after `grace` seconds SIGKILL to whatever of its process group
     is left (task processes included)."""
-    proc = run.process
-    assert proc is not None, "stop_pipeline() is for runs made by start_pipeline()"
-    if proc.poll() is None:
-        try:
-            os.kill(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-    _kill_leftovers(proc.pid)
-    proc.wait(timeout=60)
+    assert run.process is not None, "stop_pipeline() is for runs made by start_pipeline()"
+    _terminate(run.process, grace, whole_group=False)
 
 
 def kill_process_group(proc: subprocess.Popen, grace: float = 30) -> None:
@@ -210,17 +199,20 @@ def kill_process_group(proc: subprocess.Popen, grace: float = 30) -> None:
 
     Only the group this module started is signalled (its id is the pid of `proc`).
     """
-    if proc.poll() is not None:
-        _kill_leftovers(proc.pid)
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
+    _terminate(proc, grace, whole_group=True)
+
+
+def _terminate(proc: subprocess.Popen, grace: float, whole_group: bool) -> None:
+    """SIGTERM `proc` (or its whole process group), wait up to `grace` s, then SIGKILL the group."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM) if whole_group else os.kill(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
     _kill_leftovers(proc.pid)
     proc.wait(timeout=60)
 
