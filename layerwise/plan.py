@@ -17,7 +17,6 @@ import pandas as pd
 from . import schema
 from .errors import LayerwiseError
 from .layers import parse_layer_spec, split_layer_groups
-from .model import read_model_info  # noqa: F401  (re-exported: plan.json's model facts)
 from .prompts import LANGUAGE_RE
 
 LANGUAGES_PARAM = "--languages"

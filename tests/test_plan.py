@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from layerwise.errors import LayerwiseError
-from layerwise.plan import make_plan, make_shards, parse_languages, read_model_info
+from layerwise.model import read_model_info
+from layerwise.plan import make_plan, make_shards, parse_languages
 from layerwise.samplesheet import parse_rows, read_samplesheet
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,14 +1,12 @@
 """Samplesheet reading and checks (layerwise/samplesheet.py) and prompts (layerwise/prompts.py)."""
 import csv
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from PIL import Image
 
-from layerwise import schema
 from layerwise.errors import LayerwiseError
 from layerwise.prompts import default_prompts_path, load_prompts, prompt_for
 from layerwise.samplesheet import (
