@@ -194,10 +194,8 @@ def merge_summaries(units: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 totals[key] = max(totals.get(key, value), value)
             elif _is_additive(key):
                 totals[key] = totals.get(key, 0) + value
-    seconds = next((totals[k] for k in ("seconds", "wall_seconds", "elapsed_seconds", "wall_s", "elapsed_s")
-                    if k in totals), None)
-    samples = next((totals[k] for k in ("samples_this_run", "samples", "num_samples", "n_samples") if k in totals), None)
-    tokens = next((totals[k] for k in ("positions_kept", "tokens", "num_tokens", "positions") if k in totals), None)
+    # keys of extract.py's summary.json
+    seconds, samples, tokens = (totals.get(k) for k in ("seconds", "samples_this_run", "positions_kept"))
     if seconds:
         if samples is not None:
             totals["samples_per_s"] = samples / seconds
