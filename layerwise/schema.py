@@ -47,3 +47,14 @@ def caption_column(language: str) -> str:
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+# Kind of every stored position (key "token_kinds", int8, same shape as "token_ids"): what the
+# analysis views and the SAE token filters select on. PAD marks positions beyond a sample's length.
+TOKEN_KINDS = {
+    "pad": 0,        # beyond lengths (padded layout only)
+    "bos": 1,        # <bos>
+    "image": 2,      # image soft tokens (token_type_ids == 1)
+    "prompt": 3,     # the instruction text of the user turn
+    "caption": 4,    # the caption (model turn, after its header)
+    "template": 5,   # chat-template tokens: turn markers, role names, image delimiters, newlines
+}
