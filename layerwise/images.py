@@ -18,9 +18,14 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from . import schema
 from .errors import LayerwiseError
 from .inputs import load_rgb
+from .locks import FileLock
 from .store import atomic_torch_save, file_backed_zeros
 
-FEATURES_KEYS = ("sample_ids", "features", "model_id", "model_revision", "dtype")
+# One image-encoding batch size for every caller (the vision tower's work does not depend on the
+# extraction batch size; 8 images of 896 px fit any GPU that holds the model).
+IMAGE_BATCH_SIZE = 8
+# How long a unit waits for another unit that is encoding the same shard's images.
+CACHE_WAIT_S = 6 * 3600
 
 
 def vision_tower(model: torch.nn.Module) -> torch.nn.Module:
@@ -46,7 +51,7 @@ class VisionCallCounter:
 
 
 @torch.inference_mode()
-def encode_images(loaded, samples, out_path: str | Path, batch_size: int = 8) -> dict:
+def encode_images(loaded, samples, out_path: str | Path, batch_size: int = IMAGE_BATCH_SIZE) -> dict:
     """Write {sample_ids, features [N, image_tokens, H]} for `samples` to `out_path` (atomically)."""
     processor, model = loaded.processor, loaded.model
     out_path = Path(out_path)
@@ -92,3 +97,35 @@ class ImageFeatures:
             raise LayerwiseError(f"--image-features {self.path}: no features for samples {', '.join(missing[:5])}")
         rows = torch.stack([self.features[self.index[sid]] for sid in sample_ids])
         return {"image": BaseModelOutputWithPooling(pooler_output=rows.to(device, dtype))}
+
+
+def cache_key(model_fingerprint: str, dtype: torch.dtype, image_digests: list[str]) -> str:
+    """Content address of a shard's image features: model identity, dtype and the images' bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for part in (model_fingerprint, schema.dtype_name(dtype), *image_digests):
+        h.update(str(part).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def shared_features(loaded, samples, cache_dir: str | Path, model_fingerprint: str) -> tuple[ImageFeatures, dict]:
+    """Image features of `samples` from a content-addressed cache, computed by the first unit that needs them.
+
+    Every unit of a sample shard (each language and layer group) runs in its own GPU job; the first
+    to take the shard's lock runs the vision tower and stores the features, the others (and any
+    later -resume) memory-map them. The key covers the model fingerprint, dtype and every image's
+    sha256, so changed images or weights never hit a stale entry. Returns (features, summary).
+    """
+    digests = [getattr(s, "image_sha256", None) or str(s.image) for s in samples]
+    key = cache_key(model_fingerprint, loaded.dtype, digests)
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"{key}.pt"
+    summary = {"kind": "image_features", "cache_file": str(path), "images": len(samples), "vision_tower_images": 0,
+               "bytes_written": 0, "cache_hit": True}
+    with FileLock(cache_dir / f"{key}.lock", wait_s=CACHE_WAIT_S, what=f"image-feature cache entry {path.name}"):
+        if not path.is_file():
+            summary.update(encode_images(loaded, samples, path), kind="image_features", cache_hit=False)
+    return ImageFeatures(path, loaded.model_id, loaded.revision), summary

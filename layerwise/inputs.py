@@ -29,9 +29,189 @@ class EncodedBatch:
     caption_mask: torch.Tensor        # [B, T] bool: the model turn after its header
 
 
-def load_rgb(path) -> Image.Image:
-    with Image.open(path) as img:
+class ImageDecodeError(LayerwiseError):
+    """An image file that cannot be turned into the 8-bit RGB picture the model sees.
+
+    ``reason`` says what is wrong (without the path), ``path`` names the file (None for bytes).
+    """
+
+    def __init__(self, path, reason: str):
+        self.path = None if path is None else str(path)
+        self.reason = reason
+        super().__init__(f"image {self.path}: {reason}" if self.path else f"image: {reason}")
+
+
+# 16-bit grey modes of Pillow and the numpy dtype of their pixel buffer.
+_UINT16_MODES = {"I;16": "<u2", "I;16L": "<u2", "I;16B": ">u2", "I;16N": "=u2"}
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+
+
+def _to_uint8(values, full_scale: float):
+    """Linear map of [0, full_scale] onto 0..255 (rounded): 65535 -> 255, 32768 -> 128."""
+    import numpy as np
+
+    return np.clip(np.rint(values.astype(np.float64) * (255.0 / full_scale)), 0, 255).astype(np.uint8)
+
+
+def _declared_bits(img: Image.Image) -> int | None:
+    """Bits per sample the file declares (TIFF BitsPerSample), if it says."""
+    tags = getattr(img, "tag_v2", None)
+    if tags is not None:
+        bits = tags.get(258)
+        if isinstance(bits, tuple):
+            bits = bits[0] if bits else None
+        if isinstance(bits, int) and bits > 0:
+            return bits
+    return None
+
+
+def _grey_to_l(img: Image.Image) -> Image.Image:
+    """16-bit (``I;16*``), 32-bit integer (``I``) or float (``F``) grey -> 8-bit ``L``, scaled, not clipped."""
+    import numpy as np
+
+    mode = img.mode
+    if mode in _UINT16_MODES:
+        arr = np.frombuffer(img.tobytes(), dtype=_UINT16_MODES[mode]).reshape(img.height, img.width)
+        return Image.fromarray(_to_uint8(arr, 65535.0))
+    arr = np.asarray(img)
+    if mode == "I":
+        lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+        bits = _declared_bits(img)
+        if bits is not None and bits <= 16:
+            full = float(2 ** bits - 1)
+        elif 0 <= lo and hi <= 65535:
+            full = 65535.0        # 16-bit data (PNG, PGM, TIFF) as Pillow opens it in mode I
+        else:
+            raise ValueError(
+                f"32-bit integer grey pixels with values {lo}..{hi} have no defined brightness scale; "
+                "save the image as 8-bit or 16-bit (e.g. PNG) first")
+        if lo < 0:
+            raise ValueError(f"integer grey pixels with negative values ({lo}..{hi}); save the image as 8-bit or 16-bit first")
+        return Image.fromarray(_to_uint8(arr, full))
+    # mode F: 32-bit float
+    if arr.size and not np.isfinite(arr).all():
+        raise ValueError("floating-point pixels include NaN or infinity; save the image as 8-bit or 16-bit first")
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if lo >= 0.0 and hi <= 1.0:
+        return Image.fromarray(_to_uint8(arr, 1.0))
+    if lo >= 0.0 and hi <= 255.0:
+        return Image.fromarray(_to_uint8(arr, 255.0))
+    raise ValueError(
+        f"floating-point pixels with values {lo:g}..{hi:g} (neither 0..1 nor 0..255) have no defined brightness "
+        "scale; save the image as 8-bit or 16-bit first")
+
+
+def _over_white(img: Image.Image) -> Image.Image:
+    """Transparent pixels composited onto white, as transformers' ``convert_to_rgb`` does."""
+    rgba = img.convert("RGBA") if img.mode != "La" else img.convert("LA").convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
+    icc = img.info.get("icc_profile")
+    if icc:
+        try:
+            import io
+
+            from PIL import ImageCms
+
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            return ImageCms.profileToProfile(img, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        except Exception:
+            pass  # a broken profile: fall back to the plain conversion, as viewers do
+    return img.convert("RGB")
+
+
+def _lab_to_rgb(img: Image.Image) -> Image.Image:
+    from PIL import ImageCms
+
+    transform = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
+    return ImageCms.applyTransform(img, transform)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB: high bit depths scaled (not clipped), alpha over white, CMYK/LAB by colour profile."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in _UINT16_MODES or mode in ("I", "F"):
+        return _grey_to_l(img).convert("RGB")
+    if mode == "P":
+        return _over_white(img) if "transparency" in img.info else img.convert("RGB")
+    if mode in _ALPHA_MODES:
+        return _over_white(img)
+    if mode == "CMYK":
+        return _cmyk_to_rgb(img)
+    if mode == "LAB":
+        return _lab_to_rgb(img)
+    if mode in ("L", "1", "RGBX", "YCbCr", "HSV"):
         return img.convert("RGB")
+    raise ValueError(f"unsupported pixel mode {mode!r}; save the image as 8-bit RGB (PNG or JPEG)")
+
+
+def load_rgb(source) -> Image.Image:
+    """The 8-bit RGB picture of an image file, as PREFLIGHT checks it and extraction feeds it to the model.
+
+    ``source`` is a path, ``bytes`` or a binary file object. The file is fully decoded (a truncated
+    or corrupt file raises here, not later), its EXIF orientation is applied (as viewers and
+    image processors do), and every Pillow mode is converted to RGB by :func:`to_rgb`: 16-bit
+    and 32-bit grey and float images are scaled to 0..255 (Pillow's own ``convert`` clips them
+    to white), transparency is composited onto white, CMYK and LAB go through colour profiles.
+    Raises :class:`ImageDecodeError` (a LayerwiseError naming the file) when that is impossible.
+    """
+    import io
+    import os
+
+    from PIL import ImageFile, ImageOps
+
+    path = None if isinstance(source, (bytes, bytearray, memoryview)) or hasattr(source, "read") else os.fspath(source)
+    stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise ImageDecodeError(path, "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set in this process: truncated images "
+                                     "would be padded silently; unset it")
+    try:
+        with Image.open(stream) as img:
+            img.load()                               # full decode: truncation and corrupt data fail here
+            ImageOps.exif_transpose(img, in_place=True)
+            rgb = to_rgb(img)
+            if rgb is img:
+                rgb = img.copy()                     # detach from the file before it closes
+            return rgb
+    except FileNotFoundError:
+        raise ImageDecodeError(path, "not found") from None
+    except IsADirectoryError:
+        raise ImageDecodeError(path, "a directory, not an image file") from None
+    except PermissionError:
+        raise ImageDecodeError(path, "cannot be read (permission denied)") from None
+    except Image.UnidentifiedImageError:
+        raise ImageDecodeError(path, "corrupt image, or not an image format PIL can read (PIL cannot identify it)") from None
+    except Exception as e:  # PIL raises many types for broken files
+        raise ImageDecodeError(path, f"corrupt image (PIL cannot decode it: {type(e).__name__}: {e})") from None
+
+
+def load_rgb_with_digest(path) -> tuple[Image.Image, str]:
+    """(:func:`load_rgb` picture, sha256 hex of the file's bytes), reading the file once."""
+    import hashlib
+    from pathlib import Path
+
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ImageDecodeError(path, "not found") from None
+    except IsADirectoryError:
+        raise ImageDecodeError(path, "a directory, not an image file") from None
+    except PermissionError:
+        raise ImageDecodeError(path, "cannot be read (permission denied)") from None
+    except OSError as e:
+        raise ImageDecodeError(path, f"cannot be read ({e.strerror or e})") from None
+    if not data:
+        raise ImageDecodeError(path, "empty file (0 bytes)")
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        return load_rgb(data), digest
+    except ImageDecodeError as e:
+        raise ImageDecodeError(path, e.reason) from None
 
 
 class InputBuilder:

@@ -1,14 +1,12 @@
 """Shard merge (`merge_shards`) and the seed's combined all-layers file (`combine_layers`).
 
 Both read their inputs memory-mapped (`store.load_layer_file(mmap=True)`), so host memory
-does not grow with the size of the files: `merge_shards` streams sample by sample through a
-`store.LayerFileWriter`; `combine_layers` hands the mmap'd tensors to `torch.save`, which
-copies their pages from disk to the output. Outputs appear under their final name only when
-complete (write to `<name>.tmp`, then rename).
+does not grow with the size of the files, and write their output once, streamed into its final
+format (`layerfile.LayerFileStream`, `ptfile.PtFileWriter`). Outputs appear under their final name
+only when complete.
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,15 +14,18 @@ import torch
 
 from . import schema
 from .errors import LayerwiseError
-from .store import LayerFileWriter, atomic_torch_save, load_layer_file, sample_rows
+from .layerfile import LayerFileStream, UnitLayout
+from .ptfile import PtFileWriter, TensorSlot
+from .store import load_layer_file, sample_rows
 
 # Settings every shard of one (layer, language) and every layer of one combined file must share.
 SHARED_SETTINGS = (
     "hidden_size", "dtype", "layout", "token_selection", "nan_policy",
     "model_id", "model_revision", "num_layers",
 )
-# Keys LayerFileWriter.finish() fills itself.
-_WRITER_KEYS = ("activations", "lengths", "offsets", "token_ids", "nan_counts", "hidden_size", "layout", "dtype")
+# Keys LayerFileStream fills itself.
+_WRITER_KEYS = ("activations", "lengths", "offsets", "token_ids", "token_kinds", "nan_counts", "hidden_size", "layout",
+                "dtype")
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -106,50 +107,49 @@ def merge_shards(inputs: list[Path], out: Path, layer: int, language: str) -> di
 
     ref = shards[0]
     out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = out.parent / f".merge-scratch-{out.name}"
-    shutil.rmtree(scratch, ignore_errors=True)  # leftovers of a killed run would be appended to
-    writer = LayerFileWriter(
-        path=out,
-        scratch_dir=scratch,
-        hidden_size=int(ref["hidden_size"]),
-        dtype=torch_dtype(ref["dtype"], inputs[0]),
-        layout=ref["layout"],
+    lengths, ids, kinds = [], [], []
+    for data in shards:
+        for i in range(len(data["sample_ids"])):
+            _, tids = sample_rows(data, i)
+            tkinds, _ = sample_rows({**data, "activations": data["token_kinds"]}, i)
+            lengths.append(int(tids.shape[0]))
+            ids.append(tids.clone())
+            kinds.append(tkinds.clone())
+    meta = {k: ref[k] for k in schema.LAYER_FILE_KEYS if k not in _WRITER_KEYS}
+    meta.update(
+        layer=int(layer),
+        language=language,
+        genders=[g for d in shards for g in d["genders"]],
+        sample_ids=[s for d in shards for s in d["sample_ids"]],
     )
+    writer = LayerFileStream(out, UnitLayout(lengths, ids, kinds), ref["layout"], int(ref["hidden_size"]),
+                             torch_dtype(ref["dtype"], inputs[0]), meta)
     try:
         for data in shards:
             nan_counts = data["nan_counts"].tolist()
             for i in range(len(data["sample_ids"])):
-                rows, token_ids = sample_rows(data, i)
-                writer.append(rows, token_ids, nan_counts[i])
-        meta = {k: ref[k] for k in schema.LAYER_FILE_KEYS if k not in _WRITER_KEYS}
-        meta.update(
-            layer=int(layer),
-            language=language,
-            genders=[g for d in shards for g in d["genders"]],
-            sample_ids=[s for d in shards for s in d["sample_ids"]],
-        )
-        nbytes = writer.finish(meta)
+                rows, _ = sample_rows(data, i)
+                writer.append(rows, nan_counts[i])
+        info = writer.finish()
     except BaseException:
-        writer.discard()
+        writer.abort()
         raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return {
         "file": str(out),
         "layer": int(layer),
         "language": language,
         "inputs": len(inputs),
         "samples": writer.num_samples,
-        "positions": int(sum(writer.lengths)),
-        "bytes": nbytes,
+        "positions": int(sum(lengths)),
+        "bytes": info["bytes"],
+        "sha256": info["sha256"],
     }
-
 
 
 # -- combine --------------------------------------------------------------------------------
 COMBINED_KEYS = (
     "language", "layers", "activations", "hidden_size", "genders", "sample_ids", "lengths",
-    "offsets", "token_ids", "token_selection", "layout", "dtype", "model_id", "model_revision",
+    "offsets", "token_ids", "token_kinds", "token_selection", "layout", "dtype", "model_id", "model_revision",
     "num_layers", "nan_counts",
 )
 
@@ -185,7 +185,7 @@ def combine_layers(inputs: list[Path], out: Path, language: str) -> dict[str, An
                 diff.append("sample_ids")
             if data["genders"] != ref["genders"]:
                 diff.append("genders")
-            for key in ("lengths", "offsets", "token_ids"):
+            for key in ("lengths", "offsets", "token_ids", "token_kinds"):
                 a, b = data[key], ref[key]
                 if a.shape != b.shape or not torch.equal(a, b):
                     diff.append(key)
@@ -198,30 +198,43 @@ def combine_layers(inputs: list[Path], out: Path, language: str) -> dict[str, An
 
     assert ref is not None
     layers = sorted(by_layer)
-    payload = {
+    acts = {layer: by_layer[layer][1]["activations"] for layer in layers}
+    obj = {
         "language": language,
         "layers": layers,
-        "activations": {layer: by_layer[layer][1]["activations"] for layer in layers},
+        "activations": {layer: TensorSlot(list(a.shape), a.dtype) for layer, a in acts.items()},
         "hidden_size": int(ref["hidden_size"]),
         "genders": list(ref["genders"]),
         "sample_ids": list(ref["sample_ids"]),
-        "lengths": ref["lengths"],
-        "offsets": ref["offsets"],
-        "token_ids": ref["token_ids"],
+        **{k: TensorSlot(list(ref[k].shape), ref[k].dtype) for k in ("lengths", "offsets", "token_ids", "token_kinds")},
         "token_selection": ref["token_selection"],
         "layout": ref["layout"],
         "dtype": ref["dtype"],
         "model_id": ref["model_id"],
         "model_revision": ref["model_revision"],
         "num_layers": int(ref["num_layers"]),
-        "nan_counts": {layer: by_layer[layer][1]["nan_counts"] for layer in layers},
+        "nan_counts": {layer: TensorSlot(list(by_layer[layer][1]["nan_counts"].shape), torch.int64) for layer in layers},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    nbytes = atomic_torch_save(payload, out)
+    writer = PtFileWriter(out, obj, [("activations", layer) for layer in layers])
+    try:
+        for layer in layers:  # page by page from the mmap'd layer files: one copy, no RAM growth
+            flat = acts[layer].reshape(-1)
+            step = max(1, (64 << 20) // max(flat.element_size(), 1))
+            for start in range(0, flat.numel(), step):
+                writer.write(flat[start:start + step].contiguous())
+        values = {k: ref[k].contiguous() for k in ("lengths", "offsets", "token_ids", "token_kinds")}
+        values.update({("nan_counts", layer): by_layer[layer][1]["nan_counts"].to(torch.int64).contiguous()
+                       for layer in layers})
+        info = writer.finish(values)
+    except BaseException:
+        writer.abort()
+        raise
     return {
         "file": str(out),
         "language": language,
         "layers": layers,
         "samples": len(ref["sample_ids"]),
-        "bytes": nbytes,
+        "bytes": info["bytes"],
+        "sha256": info["sha256"],
     }

@@ -16,6 +16,18 @@ from . import schema
 from .errors import LayerwiseError
 
 FP16_OVERFLOW_MODEL_TYPES = ("gemma3",)  # activations overflow fp16: transformers#36822
+# The one list of what layerwise runs: config.json model_type -> (architecture class, what it is).
+SUPPORTED_MODEL_TYPES = {
+    "gemma3": ("Gemma3ForConditionalGeneration", "Gemma 3 image-text model, e.g. google/gemma-3-4b-it"),
+}
+# Known model types that look close but cannot run here, and why (for the error message).
+UNSUPPORTED_HINTS = {
+    "gemma3_text": "a text-only Gemma 3 (such as google/gemma-3-1b-it or gemma-3-270m): it has no vision tower",
+    "gemma": "Gemma 1 is text-only",
+    "gemma2": "Gemma 2 is text-only",
+    "paligemma": "PaliGemma uses a different prompt format and architecture",
+    "gemma3n": "Gemma 3n is a different architecture (audio/vision towers, per-layer embeddings)",
+}
 MODEL_PARAM = "--model"
 LOCAL_REVISION = "local"
 _TRUE = {"1", "on", "yes", "true"}
@@ -110,6 +122,55 @@ def _not_found(model: str, revision: str | None, detail: str) -> LayerwiseError:
     )
 
 
+def config_json_problem(path: str | Path) -> str | None:
+    """None if ``path`` is a readable JSON object, else what is wrong with it (names the file)."""
+    import json
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return f"{path} does not exist" + (" (a broken link into the Hugging Face cache: an unfinished download?)"
+                                           if path.is_symlink() else "")
+    except UnicodeDecodeError as e:
+        return f"{path} is not UTF-8 text ({e})"
+    except OSError as e:
+        return f"{path} cannot be read ({e.strerror or e})"
+    if not text.strip():
+        return f"{path} is empty (0 bytes of JSON)"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        return f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno} (truncated or hand-edited?)"
+    if not isinstance(data, dict):
+        return f"{path} is JSON but not an object ({type(data).__name__})"
+    return None
+
+
+def _corrupt_config(model: str, problem: str) -> LayerwiseError:
+    return LayerwiseError(f"{MODEL_PARAM} '{model}': cannot read the model config: {problem}. "
+                          "Restore the file (re-download the model, or copy it again).")
+
+
+def resolve_model_dir(model: str, revision: str | None = None) -> tuple[Path, str]:
+    """(folder with the model's files, resolved revision) without loading anything: a local folder
+    (revision ``local``) or the hub cache snapshot of a hub id (its commit), never downloading."""
+    model = str(model)
+    revision = revision or None
+    local = Path(model).expanduser()
+    if local.is_dir():
+        return local.absolute(), LOCAL_REVISION
+    if _looks_like_path(model):
+        raise _not_found(model, revision, "")
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(model, revision=revision, cache_dir=hub_cache_dir(), local_files_only=True))
+    except Exception as e:  # LocalEntryNotFoundError, RevisionNotFoundError, ...
+        raise _not_found(model, revision, f"{type(e).__name__}: {e}" if not hub_offline() else str(e)) from None
+    return folder, folder.name
+
+
 def resolve_source(model: str, revision: str | None) -> tuple[str, dict]:
     """(path or hub id, from_pretrained kwargs) honouring HF_HOME / HF_HUB_OFFLINE as set now."""
     model = str(model)
@@ -133,10 +194,15 @@ def load_config(model: str, revision: str | None = None):
     from transformers import AutoConfig
 
     source, kwargs = resolve_source(model, revision or None)
+    if not kwargs and (problem := config_json_problem(Path(source) / "config.json")):
+        raise _corrupt_config(model, problem)
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as e:
         text = str(e)
+        cached = _cached_file(model, revision, "config.json") if kwargs else None
+        if cached and (problem := config_json_problem(cached)):
+            raise _corrupt_config(model, problem) from None
         if isinstance(e, ValueError) and ("model_type" in text or "does not recognize" in text):
             import transformers
 
@@ -170,6 +236,17 @@ def read_model_info(model: str, revision: str | None = None) -> dict:
         "hidden_size": hidden_size,
         "model_type": str(getattr(config, "model_type", "") or ""),
     }
+
+
+def _cached_file(repo_id: str, revision: str | None, filename: str) -> str | None:
+    """Path of a file in the hub cache (works offline), if it is there."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, filename, cache_dir=hub_cache_dir(), revision=revision or None)
+    except Exception:
+        return None
+    return found if isinstance(found, str) else None
 
 
 def _cached_commit(repo_id: str, revision: str | None) -> str | None:

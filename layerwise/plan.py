@@ -16,7 +16,7 @@ import pandas as pd
 
 from . import schema
 from .errors import LayerwiseError
-from .layers import parse_layer_spec, split_layer_groups
+from .layers import format_layers, parse_layer_spec, split_layer_groups
 from .prompts import LANGUAGE_RE
 
 LANGUAGES_PARAM = "--languages"
@@ -96,14 +96,9 @@ def make_plan(
     layers = parse_layer_spec(layer_spec, int(model_info["num_layers"]))
     groups = split_layer_groups(layers, layer_groups)
     shards = make_shards(len(df), samples_per_task)
-    units = [
-        {"layers": group, "language": lang, "shard": shard["index"], "rows": shard["rows"]}
-        for group in groups
-        for lang in langs
-        for shard in shards
-    ]
+    units = [make_unit(group, lang, shard) for group in groups for lang in langs for shard in shards]
     return {
-        "model": {k: model_info[k] for k in ("id", "revision", "num_layers", "hidden_size", "model_type")},
+        "model": {k: model_info.get(k) for k in MODEL_KEYS},
         "layers": layers,
         "languages": langs,
         "shards": shards,
@@ -114,6 +109,32 @@ def make_plan(
 
 PLAN_FILE = "plan.json"
 VALID_SAMPLESHEET_FILE = "samplesheet.valid.csv"
+UNIT_SHEETS_DIR = "units"
+MODEL_KEYS = ("id", "revision", "num_layers", "hidden_size", "model_type", "fingerprint")
+
+
+def make_unit(layers: list[int], language: str, shard: dict) -> dict:
+    """One work unit; `id` names it everywhere (task tag, its input sheet, summaries)."""
+    layers_str = format_layers(layers)
+    unit_id = f"L{layers_str.replace(',', '.')}_{language}_s{shard['index']}"
+    return {"id": unit_id, "layers": list(layers), "layers_str": layers_str, "language": language,
+            "shard": shard["index"], "rows": shard["rows"], "sheet": f"{unit_id}.csv"}
+
+
+def unit_sheet(df: pd.DataFrame, unit: dict) -> pd.DataFrame:
+    """The rows and columns one unit reads (its shard, its language's caption): its task's only input
+    data, so that -resume re-runs a unit exactly when something it reads has changed."""
+    start, end = (int(x) for x in unit["rows"].split(":"))
+    cols = [c for c in ("row", schema.SAMPLE_ID, schema.IMAGE, "image_sha256", schema.GENDER) if c in df.columns]
+    return df.iloc[start:end][cols + [schema.caption_column(unit["language"])]]
+
+
+def write_unit_sheets(df: pd.DataFrame, plan: dict, out_dir: str | Path) -> list[Path]:
+    """`<out_dir>/units/<unit id>.csv` for every unit of the plan."""
+    from .samplesheet import write_valid_samplesheet
+
+    folder = Path(out_dir) / UNIT_SHEETS_DIR
+    return [write_valid_samplesheet(unit_sheet(df, u), folder / u["sheet"]) for u in plan["units"]]
 
 
 def plan_to_json(plan: dict) -> str:

@@ -21,6 +21,7 @@ LAYER_FILE_KEYS = SEED_KEYS + (
     "lengths",          # int64 [N]: positions kept per sample
     "offsets",          # int64 [N+1]: start of each sample's rows (ragged); cumsum of lengths
     "token_ids",        # int64: padded [N, T_max] (-1 beyond lengths) / ragged [total]; -1 for `mean`
+    "token_kinds",      # int8, same shape as token_ids: TOKEN_KINDS code of every position
     "nan_counts",       # int64 [N]: NaN/Inf values seen per sample (before the policy applied)
     "token_selection",  # str, one of TOKEN_SELECTIONS
     "layout",           # str, one of LAYOUTS

@@ -15,7 +15,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from layerwise import schema
 from layerwise.errors import LayerwiseError
-from layerwise.extract import PARTIAL_DIR, UnitConfig, run_unit
+from layerwise.extract import PARTIAL_DIR, PROGRESS_FILE, UnitConfig, run_unit
 from layerwise.model import load_model
 from layerwise.prompts import load_prompts
 from layerwise.store import load_layer_file, sample_rows
@@ -197,7 +197,7 @@ def test_resume_after_injected_failure_gives_identical_files(tmp_path, sampleshe
     with pytest.raises(Killed):
         run_unit(cfg, on_batch=die_after_six, loaded=loaded)
     assert not list(tmp_path.glob("*.pt")), "no final file may exist after a failure"
-    assert (tmp_path / PARTIAL_DIR / "progress.pt").exists()
+    assert (tmp_path / PARTIAL_DIR / PROGRESS_FILE).exists()
     summary = run_unit(cfg, loaded=loaded)
     assert summary["resumed_from_sample"] == 4
     assert not (tmp_path / PARTIAL_DIR).exists()

@@ -1,0 +1,156 @@
+"""One layer file, opened memory-mapped, read as contiguous runs of consecutive samples.
+
+`LayerSource` never touches the whole `activations` tensor: `read_run(a, b, allowed)` reads the
+stored rows of samples a..b-1 only (padded: `activations[a:b, :t]`, with t the longest of those
+samples; ragged: `activations[offsets[a]:offsets[b]]`) and returns the rows that are not padding
+and whose token kind is allowed. The small per-position tensors (`lengths`, `offsets`,
+`token_kinds`) are read whole: they are 1 byte (kinds) or 8 bytes (lengths) per position or sample.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import schema
+from ..errors import LayerwiseError
+
+REQUIRED_KEYS = ("layer", "activations", "hidden_size", "language", "sample_ids", "lengths", "offsets", "layout")
+KINDS_KEY = "token_kinds"
+
+
+def allowed_table(kind_names: tuple[str, ...]) -> torch.Tensor:
+    """bool [max kind + 1]: True at the ids of `kind_names` (never at `pad`)."""
+    table = torch.zeros(max(schema.TOKEN_KINDS.values()) + 1, dtype=torch.bool)
+    for name in kind_names:
+        if name != "pad":
+            table[schema.TOKEN_KINDS[name]] = True
+    return table
+
+
+@dataclass
+class LayerSource:
+    """A layer file's tensors (memory-mapped when opened with `open`)."""
+
+    path: str
+    layer: int
+    language: str
+    layout: str
+    hidden_size: int
+    sample_ids: list[str]
+    lengths: torch.Tensor          # int64 [N]
+    offsets: torch.Tensor          # int64 [N+1]
+    activations: Any               # Tensor [N, T_max, H] (padded) / [P, H] (ragged); only sliced
+    token_kinds: torch.Tensor | None
+    model_id: str = ""
+    token_selection: str = ""
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, mmap: bool = True) -> "LayerSource":
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input problem
+            raise LayerwiseError(f"{path}: cannot load the layer file: {exc}") from exc
+        return cls.from_dict(data, str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], path: str = "<memory>") -> "LayerSource":
+        missing = [k for k in REQUIRED_KEYS if k not in data]
+        if missing:
+            raise LayerwiseError(f"{path}: not a layerwise layer file (missing keys: {', '.join(missing)})")
+        acts, layout = data["activations"], data["layout"]
+        lengths = data["lengths"].to(torch.int64)
+        n, hidden = len(data["sample_ids"]), int(data["hidden_size"])
+        want_dims = 3 if layout == "padded" else 2
+        if layout not in schema.LAYOUTS or acts.dim() != want_dims or acts.shape[-1] != hidden or lengths.numel() != n:
+            raise LayerwiseError(f"{path}: inconsistent layer file (layout {layout!r}, activations "
+                                 f"{tuple(acts.shape)}, hidden_size {hidden}, {n} sample_ids, {lengths.numel()} lengths)")
+        kinds = data.get(KINDS_KEY)
+        if kinds is not None:
+            want = tuple(acts.shape[:2]) if layout == "padded" else (acts.shape[0],)
+            if tuple(kinds.shape) != want:
+                raise LayerwiseError(f"{path}: token_kinds has shape {tuple(kinds.shape)}, expected {want}")
+            kinds = kinds.clone()  # small (1 byte per position): read once, off the mmap
+        return cls(path=path, layer=int(data["layer"]), language=str(data["language"]), layout=layout,
+                   hidden_size=hidden, sample_ids=list(data["sample_ids"]), lengths=lengths.clone(),
+                   offsets=data["offsets"].to(torch.int64).clone(), activations=acts, token_kinds=kinds,
+                   model_id=str(data.get("model_id", "")), token_selection=str(data.get("token_selection", "")))
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.sample_ids)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.activations.dtype
+
+    def stored_rows(self) -> torch.Tensor:
+        """int64 [N]: rows each sample occupies in the file (what a read of it costs)."""
+        if self.layout == "padded":
+            return torch.full((self.num_samples,), int(self.activations.shape[1]), dtype=torch.int64)
+        return self.lengths.clone()
+
+    def require_kinds(self, reason: str) -> None:
+        if self.token_kinds is None:
+            raise LayerwiseError(
+                f"{self.path}: the layer file has no 'token_kinds' key (written by an older layerwise), so {reason} "
+                "cannot be applied; re-extract, or train on every position with keep_kinds=all drop_kinds=none")
+
+    def _mask(self, kinds: torch.Tensor | None, lengths: torch.Tensor, t: int, allowed: torch.Tensor | None) -> torch.Tensor:
+        """bool mask of kept positions of a padded block [n, t] (or a ragged run [rows] when t < 0)."""
+        if t >= 0:
+            mask = torch.arange(t)[None, :] < lengths[:, None]
+        else:
+            mask = torch.ones(int(lengths.sum()), dtype=torch.bool)
+        if allowed is not None:
+            mask &= allowed[kinds.to(torch.int64)]
+        return mask
+
+    def kept_counts(self, allowed: torch.Tensor | None) -> torch.Tensor:
+        """int64 [N]: kept rows per sample (not padding, kind allowed); `allowed` None: every position."""
+        if allowed is None:
+            return self.lengths.clone()
+        self.require_kinds("the token-kind filter")
+        if self.layout == "padded":
+            return self._mask(self.token_kinds, self.lengths, self.token_kinds.shape[1], allowed).sum(1)
+        keep = allowed[self.token_kinds.to(torch.int64)].to(torch.int64)
+        csum = torch.cat([torch.zeros(1, dtype=torch.int64), keep.cumsum(0)])
+        return csum[self.offsets[1:]] - csum[self.offsets[:-1]]
+
+    def read_run(self, a: int, b: int, allowed: torch.Tensor | None) -> torch.Tensor:
+        """Kept rows [m, H] of samples a..b-1 (one contiguous read), in file order and file dtype."""
+        lengths = self.lengths[a:b]
+        if self.layout == "padded":
+            t = int(lengths.max()) if b > a else 0
+            block = self.activations[a:b, :t]
+            kinds = self.token_kinds[a:b, :t] if allowed is not None else None
+            mask = self._mask(kinds, lengths, t, allowed)
+            return block[mask]
+        r0, r1 = int(self.offsets[a]), int(self.offsets[b])
+        block = self.activations[r0:r1]
+        if allowed is None:
+            return block.clone()
+        mask = self._mask(self.token_kinds[r0:r1], lengths, -1, allowed)
+        return block[mask]
+
+
+def open_sources(paths: list[str | os.PathLike], mmap: bool = True) -> list[LayerSource]:
+    """Open the files of one layer (one per language) and check that they belong together."""
+    if not paths:
+        raise LayerwiseError("no layer files given")
+    sources = [LayerSource.open(p, mmap=mmap) for p in paths]
+    layers = sorted({s.layer for s in sources})
+    if len(layers) != 1:
+        raise LayerwiseError(f"the layer files of one SAE must hold one layer, got layers {layers} "
+                             f"({', '.join(Path(s.path).name for s in sources)})")
+    hidden = sorted({s.hidden_size for s in sources})
+    if len(hidden) != 1:
+        raise LayerwiseError(f"the layer files of one SAE must have one hidden size, got {hidden}")
+    langs = [s.language for s in sources]
+    dup = sorted({l for l in langs if langs.count(l) > 1})
+    if dup:
+        raise LayerwiseError(f"layer {layers[0]}: more than one file for language(s) {', '.join(dup)}")
+    return sources
