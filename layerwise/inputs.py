@@ -170,14 +170,18 @@ def load_rgb(source) -> Image.Image:
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise ImageDecodeError(path, "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set in this process: truncated images "
                                      "would be padded silently; unset it")
+    img = None
     try:
-        with Image.open(stream) as img:
-            img.load()                               # full decode: truncation and corrupt data fail here
-            ImageOps.exif_transpose(img, in_place=True)
-            rgb = to_rgb(img)
-            if rgb is img:
-                rgb = img.copy()                     # detach from the file before it closes
-            return rgb
+        img = Image.open(stream)
+        img.load()                                   # full decode: truncation and corrupt data fail here
+        ImageOps.exif_transpose(img, in_place=True)
+        rgb = to_rgb(img)
+        if rgb is not img:
+            img.close()
+        elif getattr(img, "_exclusive_fp", False) and getattr(img, "fp", None) is not None:
+            rgb = img.copy()                         # a multi-frame file Pillow keeps open: detach, then close it
+            img.close()
+        return rgb
     except FileNotFoundError:
         raise ImageDecodeError(path, "not found") from None
     except IsADirectoryError:
@@ -188,6 +192,9 @@ def load_rgb(source) -> Image.Image:
         raise ImageDecodeError(path, "corrupt image, or not an image format PIL can read (PIL cannot identify it)") from None
     except Exception as e:  # PIL raises many types for broken files
         raise ImageDecodeError(path, f"corrupt image (PIL cannot decode it: {type(e).__name__}: {e})") from None
+    finally:
+        if img is not None and getattr(img, "fp", None) is not None and getattr(img, "_exclusive_fp", False):
+            img.close()                              # an error left the file open
 
 
 def load_rgb_with_digest(path) -> tuple[Image.Image, str]:

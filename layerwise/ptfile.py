@@ -42,7 +42,7 @@ File format details (all verified against torch 2.13 in ``tests/test_ptfile.py``
   bytes, or whose ``data.pkl`` bytes, were changed without updating the CRC
   loads without any error or warning (with and without ``mmap=True``), and a
   file whose recorded CRCs are all wrong loads as well (``tests/test_ptfile.py``
-  checks both).  The CRC is only checked by generic zip tools (``testzip``,
+  checks all three).  The CRC is only checked by generic zip tools (``testzip``,
   ``unzip -t``); the whole-file sha256 returned by :meth:`PtFileWriter.finish` is
   the integrity check to rely on.
 * Storages are not laid out the way torch's (miniz) writer lays them out (zip64
@@ -54,8 +54,9 @@ File format details (all verified against torch 2.13 in ``tests/test_ptfile.py``
 
 Writes are strictly sequential and append-only, so the whole-file sha256 is
 computed on the fly.  Bytes go to ``<final>.partial``; :meth:`PtFileWriter.finish`
-appends the remaining records and the zip directory, fsyncs and ``os.replace``\\ s
-the partial file to the final name (which therefore never exists earlier).
+appends the remaining records and the zip directory, fsyncs, and renames the
+partial file to the final name with ``os.replace`` (so the final name never
+exists earlier).
 
 Checkpoint / resume: :meth:`PtFileWriter.state` fsyncs and returns a small JSON
 dict; :meth:`PtFileWriter.resume` reopens the partial file, truncates whatever
@@ -65,7 +66,10 @@ finished file is byte-identical to an uninterrupted write (the serialization id
 is derived from the layout and the CRCs, not from a clock or random source).
 
 Run ``python -m layerwise.ptfile [GiB] [DIR]`` to print the streaming
-throughput for a 1 GiB (default) bfloat16 tensor written to a temp directory.
+throughput for a 1 GiB (default) bfloat16 tensor written to a temp directory
+(measured once on the 2-core dev VM: 280 MB/s end to end, where a bare
+write + fsync of the same bytes gave 389 MB/s, sha256 alone 1.6 GB/s and
+crc32 alone 3.6 GB/s: the disk dominates, hashing adds about a quarter).
 """
 
 from __future__ import annotations
@@ -80,7 +84,7 @@ import struct
 import sys
 import zlib
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 import torch
 
@@ -160,9 +164,6 @@ class TensorSlot:
     def stride(self) -> tuple[int, ...]:
         # exactly torch's contiguous strides (sizes of 0 count as 1)
         return tuple(torch.empty(self.shape, dtype=self.dtype, device="meta").stride())
-
-
-Path = tuple  # a tuple of dict keys / list indices from the root object
 
 
 def _norm_path(path: Any) -> tuple:
@@ -444,6 +445,8 @@ class PtFileWriter:
     def _check_usable(self) -> None:
         if self._closed:
             raise PtFileError(f"writer for {self._path} is closed (finished or aborted)")
+        if self._f is None or self._f.closed:
+            raise PtFileError(f"writer for {self._path} was closed; use PtFileWriter.resume() to continue")
         if self._failed is not None:
             raise PtFileError(f"writer for {self._path} failed earlier ({self._failed!r}); "
                               "resume from the last state()") from self._failed
@@ -771,7 +774,6 @@ class PtFileWriter:
         """Close the file but keep the partial file (for :meth:`resume`)."""
         if self._f is not None and not self._f.closed:
             self._f.close()
-        self._failed = self._failed or PtFileError("writer was closed")
 
     def __enter__(self) -> "PtFileWriter":
         return self

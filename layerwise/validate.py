@@ -41,6 +41,7 @@ MAX_LISTED = 20               # file names listed in one message
 # (key, description) of every check, in report order.
 CHECKS: tuple[tuple[str, str], ...] = (
     ("files", "every expected (layer, language) file is present and none is unexpected"),
+    ("checksums", "every file's sha256 equals the one its writer recorded (nothing changed it since)"),
     ("load", "every file loads with torch.load(weights_only=True) and has all layer-file keys"),
     ("names", "the layer and language keys of every file match its name"),
     ("shapes", "shapes agree with the layout; offsets == cumsum(lengths); padding is zero / -1"),
@@ -461,6 +462,8 @@ def validate(
     layer_files: list[Path],
     summaries: list[Path],
     out_dir: Path,
+    expected_sha256: dict[str, str] | None = None,
+    write_json: bool = True,
 ) -> dict[str, Any]:
     """Check a run's layer files; write metadata, Parquet tables and the report. See module docstring.
 
@@ -511,9 +514,15 @@ def validate(
 
     # per-file checks, in (language, layer) order
     entries = [check_file(given[n], *expected[n], ctx, problems) for n in expected if n in given]
+    for e in entries:
+        want = (expected_sha256 or {}).get(e["file"])
+        if want is not None and e["sha256"] != want:
+            problems.add("checksums", f"{e['file']}: checksum {e['sha256'][:12]}... differs from the "
+                                      f"{want[:12]}... its writer recorded: the file was changed or damaged")
     units = read_summaries(summaries, problems)
-    encodings = [u for u in units if u.get("kind") == "encode_images"]
-    extraction = [u for u in units if u.get("kind") != "encode_images"]
+    # image features: computed by the first unit of each shard, memory-mapped by the others
+    encodings = [u["image_features"] for u in units if isinstance(u.get("image_features"), dict)]
+    extraction = [{k: v for k, v in u.items() if k not in ("image_features", "files")} for u in units]
 
     # tables
     layer_cols = ["layer", "language", "file", "bytes", "sha256", "shape", "dtype", "layout", "samples",
@@ -591,5 +600,6 @@ def validate(
     _atomic_parquet(samples_df, out_dir / SAMPLES_PARQUET)
     _atomic_parquet(layers_df, out_dir / LAYERS_PARQUET)
     _atomic_parquet(norms_df, out_dir / NORMS_PARQUET)
-    atomic_write_json(out_dir / METADATA_JSON, metadata)
+    if write_json:
+        atomic_write_json(out_dir / METADATA_JSON, metadata)
     return metadata

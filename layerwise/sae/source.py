@@ -154,3 +154,15 @@ def open_sources(paths: list[str | os.PathLike], mmap: bool = True) -> list[Laye
     if dup:
         raise LayerwiseError(f"layer {layers[0]}: more than one file for language(s) {', '.join(dup)}")
     return sources
+
+
+def group_by_layer(paths: list[str | os.PathLike]) -> dict[int, list[str]]:
+    """{layer: [paths]} from each file's own `layer` key (memory-mapped load: no activations read)."""
+    groups: dict[int, list[str]] = {}
+    for p in paths:
+        try:
+            layer = int(torch.load(p, map_location="cpu", weights_only=True, mmap=True)["layer"])
+        except Exception as exc:  # noqa: BLE001
+            raise LayerwiseError(f"{p}: cannot read the layer file's 'layer' key: {exc}") from exc
+        groups.setdefault(layer, []).append(str(p))
+    return dict(sorted(groups.items()))

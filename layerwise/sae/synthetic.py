@@ -8,6 +8,7 @@ reach the SAE with the default filters).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -76,6 +77,7 @@ def sample_kinds(image_tokens: int, prompt_tokens: int, caption_tokens: int) -> 
     return torch.tensor(seq, dtype=torch.int8)
 
 
+@functools.lru_cache(maxsize=8)
 def planted_dictionary(layer: int, hidden: int, n_features: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(_seed("dict", layer, hidden, n_features))
     d = torch.randn(n_features, hidden, generator=g)

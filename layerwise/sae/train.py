@@ -103,6 +103,7 @@ def train_layer_sae(layer_files: Sequence[str | os.PathLike], out_dir: str | os.
     steps, total_rows = training_budget(options, train_data.num_rows)
 
     sl = import_sae_lens()
+    from sae_lens.config import SAETrainerConfig
     from sae_lens.training.prefetch import PrefetchingIterator
 
     torch.manual_seed(options.seed)
@@ -112,7 +113,7 @@ def train_layer_sae(layer_files: Sequence[str | os.PathLike], out_dir: str | os.
                 "layerwise_token_selection": sources[0].token_selection}
     sae = build_training_sae(options, d_in, d_sae, device, metadata, steps)
     dead_window = max(1, min(1000, steps // 10))
-    trainer_cfg = sl.SAETrainerConfig(
+    trainer_cfg = SAETrainerConfig(
         total_training_samples=total_rows, train_batch_size_samples=options.batch_size, lr=options.lr,
         lr_end=options.lr, lr_scheduler_name="constant", lr_warm_up_steps=int(options.lr_warm_up_fraction * steps),
         lr_decay_steps=int(options.lr_decay_fraction * steps), device=device, autocast=False,
@@ -150,7 +151,7 @@ def train_layer_sae(layer_files: Sequence[str | os.PathLike], out_dir: str | os.
             "layer": layer, "language": options.language, "languages": ",".join(languages),
             "architecture": options.architecture, "d_in": d_in, "d_sae": d_sae,
             "k": options.k if options.architecture == "topk" else 0, "split": split,
-            "samples": data.num_samples, **stats, "tokens_seen": trainer.n_training_samples,
+            "samples": len(ids[split]), **stats, "tokens_seen": trainer.n_training_samples,
             "epochs_seen": trainer.n_training_samples / train_data.num_rows, "sae_dir": final.name})
     write_json(part / SPLIT_FILE, {
         "layer": layer, "language": options.language, "languages": languages,

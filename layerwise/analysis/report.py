@@ -1,0 +1,108 @@
+"""report.html: self-contained (figures are embedded base64 PNGs; no script, no network)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+import pandas as pd
+
+from . import outputs, plots
+
+TEMPLATE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>layerwise analysis report</title>
+<style>
+ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em; color: #222; max-width: 1500px; }
+ table { border-collapse: collapse; margin: 1em 0; font-size: 0.8em; }
+ th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; }
+ th { background: #f3f3f3; }
+ td.num { text-align: right; font-variant-numeric: tabular-nums; }
+ img { max-width: 100%; }
+ .caveat { background: #fff8e1; border-left: 4px solid #f9a825; padding: 0.5em 1em; }
+ details { margin: 0.5em 0; }
+</style>
+</head>
+<body>
+<h1>layerwise analysis</h1>
+<p>Layers {{ facts.layers | join(", ") }}; languages {{ facts.languages | join(", ") }}; classes
+{{ facts.classes | join(", ") }}; {{ facts.folds }}-fold stratified CV; {{ facts.permutations }} label permutations;
+seed {{ facts.seed }}.</p>
+<p class="caveat">A caption that says "man" or "woman" makes gender decodable from caption tokens already at
+layer 0: that is lexical leakage, not a learned representation. Compare views (image vs caption vs prompt)
+and read every accuracy against its shuffled-label control band.</p>
+
+<h2>Gender probes</h2>
+{% if figs.probes %}<img alt="probe accuracy vs layer" src="data:image/png;base64,{{ figs.probes }}">
+<p>Line: mean held-out accuracy (error bar: std over folds). Grey band: shuffled-label control, mean ± 2 std
+over permutations. Dotted: majority-class rate.</p>{% else %}<p>No probe results.</p>{% endif %}
+<details><summary>probes table ({{ tables.probes | length }} rows)</summary>{{ tables.probes_html }}</details>
+
+<h2>Gender directions</h2>
+{% if figs.directions %}<img alt="gender directions" src="data:image/png;base64,{{ figs.directions }}">{% else %}<p>No direction results.</p>{% endif %}
+<details><summary>directions table</summary>{{ tables.directions_html }}</details>
+
+<h2>Cross-layer similarity (linear CKA)</h2>
+{% if figs.cka %}<img alt="CKA heatmaps" src="data:image/png;base64,{{ figs.cka }}">{% else %}<p>No CKA results.</p>{% endif %}
+{% if figs.adjacent %}<img alt="adjacent-layer CKA" src="data:image/png;base64,{{ figs.adjacent }}">{% endif %}
+
+<h2>Cross-lingual similarity</h2>
+{% if figs.crosslingual %}<img alt="cross-lingual similarity" src="data:image/png;base64,{{ figs.crosslingual }}">
+<p>Matched: a sample's vector in one language with its own vector in the other; mismatched: with another
+sample's (seeded derangement). The caption view is drawn thicker.</p>{% else %}<p>No cross-lingual results.</p>{% endif %}
+<details><summary>crosslingual table</summary>{{ tables.crosslingual_html }}</details>
+
+{% if has_sae %}
+<h2>SAE latents associated with gender</h2>
+{% if figs.sae %}<img alt="SAE latents passing BH" src="data:image/png;base64,{{ figs.sae }}">{% endif %}
+{% if tables.sae_html %}<p>Latents passing Benjamini-Hochberg (held-out split), best 10 per (layer, language, view):</p>
+{{ tables.sae_html }}{% else %}<p>No latent passes the Benjamini-Hochberg threshold.</p>{% endif %}
+{% endif %}
+
+<h2>Notes ({{ notes | length }})</h2>
+{% if notes %}<table><tr><th>stage</th><th>layer</th><th>language</th><th>view</th><th>note</th></tr>
+{% for n in notes %}<tr><td>{{ n.stage }}</td><td>{{ n.layer if n.layer is not none else "" }}</td>
+<td>{{ n.language or "" }}</td><td>{{ n.view or "" }}</td><td>{{ n.message }}</td></tr>{% endfor %}</table>
+{% else %}<p>Nothing was skipped.</p>{% endif %}
+</body>
+</html>
+"""
+
+
+def _html_table(df: pd.DataFrame | None, max_rows: int = 2000) -> str:
+    if df is None or len(df) == 0:
+        return ""
+    return df.head(max_rows).to_html(index=False, float_format=lambda x: f"{x:.4g}", border=0, na_rep="")
+
+
+def write_report(tables: dict[str, pd.DataFrame], notes: list[dict[str, Any]], facts: dict, out_path: Path) -> Path:
+    probes = tables.get(outputs.PROBES)
+    dirs = tables.get(outputs.DIRECTIONS)
+    cka = tables.get(outputs.CKA)
+    cross = tables.get(outputs.CROSSLINGUAL)
+    sae = tables.get(outputs.SAE_FEATURES)
+    figs = {
+        "probes": plots.probe_plot(probes), "directions": plots.direction_plot(dirs),
+        "cka": plots.cka_heatmaps(cka), "adjacent": plots.adjacent_cka_plot(cka),
+        "crosslingual": plots.crosslingual_plot(cross), "sae": plots.sae_plot(sae),
+    }
+    sae_top = None
+    if sae is not None and len(sae):
+        passing = sae[sae.passes_bh]
+        if len(passing):
+            sae_top = (passing.sort_values("rank").groupby(["layer", "language", "view"], sort=True).head(10)
+                       [["layer", "language", "view", "latent", "rank", "auroc", "smd", "q_value", "mean_a", "mean_b",
+                         "firing_rate_a", "firing_rate_b"]])
+    env = jinja2.Environment(autoescape=True)
+    html = env.from_string(TEMPLATE).render(
+        facts=facts, figs=figs, notes=notes, has_sae=sae is not None,
+        tables={"probes": probes if probes is not None else [],
+                "probes_html": Markup(_html_table(probes)),
+                "directions_html": Markup(_html_table(dirs)),
+                "crosslingual_html": Markup(_html_table(cross)),
+                "sae_html": Markup(_html_table(sae_top))},
+    )
+    return outputs.write_text(out_path, html)

@@ -1,0 +1,414 @@
+"""`analyze()`: the whole analysis stage over a run's layer files.
+
+Layer by layer, each (layer, language) file is read once, memory-mapped, in chunks of samples
+(`reader.iter_chunks`); every chunk feeds the view pooler and, when the layer has an SAE, the
+latent pooler. With the pooled per-sample vectors of one layer (all languages) in memory, it runs
+the probes, directions, cross-lingual comparisons and SAE associations, and stores the centered
+Gram matrices that cross-layer CKA needs on disk. Then the vectors are dropped, so memory holds
+one layer's pooled vectors at a time, whatever the number of layers.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field, fields
+from itertools import combinations
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..errors import LayerwiseError
+from . import crosslingual, directions, outputs
+from .cka import GramStore
+from .labels import DEFAULT_CLASSES, class_counts, encode_labels, fold_splits, usable
+from .pooling import pool_file
+from .probes import MAX_ITER, probe, transfer_scores
+from .reader import CHUNK_BYTES, LayerFile, open_layer_file
+from .sae import SaeLatentPooler, latent_associations, load_sae
+from .views import ALL_VIEW_NAMES, DEFAULT_VIEWS, plan_views
+
+log = logging.getLogger("layerwise.analysis")
+
+
+@dataclass
+class Options:
+    folds: int = 5
+    permutations: int = 20
+    seed: int = 0
+    classes: tuple[str, ...] = DEFAULT_CLASSES
+    views: tuple[str, ...] = DEFAULT_VIEWS
+    C: float = 1.0                          # inverse L2 strength of the logistic regression
+    n_jobs: int = 1                         # parallel permutation fits (joblib)
+    chunk_bytes: int = CHUNK_BYTES          # float32 working set per chunk of samples
+    cka_max_samples: int | None = 2000      # CKA on at most this many samples (seeded subset)
+    groups: Mapping[str, str] | None = None  # sample_id -> group (e.g. image): grouped folds
+    sae_views: tuple[str, ...] | None = None  # views encoded by the SAEs (None: every pooled view)
+    sae_top_k: int = 20
+    sae_alpha: float = 0.05
+    sae_heldout_fraction: float = 0.5
+    sae_device: str = "cpu"
+    sae_batch_rows: int = 1024
+    report: bool = True
+    scratch_dir: Path | None = None         # Gram matrices for CKA (default: a temporary folder)
+
+    def check(self) -> None:
+        if self.folds < 2:
+            raise LayerwiseError(f"folds must be >= 2, got {self.folds}")
+        if self.permutations < 0:
+            raise LayerwiseError(f"permutations must be >= 0, got {self.permutations}")
+        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+            raise LayerwiseError(f"classes must be at least two distinct labels, got {list(self.classes)}")
+        bad = [v for v in self.views if v not in ALL_VIEW_NAMES]
+        if bad:
+            raise LayerwiseError(f"unknown view(s) {bad}; choose from {list(ALL_VIEW_NAMES)}")
+        if not 0 < self.sae_heldout_fraction < 1:
+            raise LayerwiseError("sae_heldout_fraction must be between 0 and 1")
+        if self.cka_max_samples is not None and self.cka_max_samples < 3:
+            raise LayerwiseError("cka_max_samples must be >= 3")
+
+
+def make_options(options: Mapping[str, Any]) -> Options:
+    known = {f.name for f in fields(Options)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise LayerwiseError(f"unknown analysis option(s) {unknown}; known: {sorted(known)}")
+    opts = Options(**options)
+    opts.classes = tuple(opts.classes)
+    opts.views = tuple(opts.views)
+    opts.sae_views = tuple(opts.sae_views) if opts.sae_views is not None else None
+    opts.check()
+    return opts
+
+
+class Notes:
+    """Everything skipped or left out, returned and logged (never silent)."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+
+    def add(self, message: str, layer=None, language=None, view=None, stage: str = "") -> None:
+        self.items.append({"layer": layer, "language": language, "view": view, "stage": stage, "message": message})
+        where = "/".join(str(x) for x in (layer, language, view) if x is not None)
+        log.warning("%s%s", f"[{where}] " if where else "", message)
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def __call__(self, stage: str):
+        timer = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.seconds[stage] += time.perf_counter() - self.t0
+
+        return _Ctx()
+
+
+def _index_files(layer_files: Sequence[Path]) -> tuple[dict[int, dict[str, LayerFile]], list[str]]:
+    by_layer: dict[int, dict[str, LayerFile]] = defaultdict(dict)
+    languages: list[str] = []
+    for path in layer_files:
+        lf = open_layer_file(path)
+        if lf.language in by_layer[lf.layer]:
+            raise LayerwiseError(f"two files for layer {lf.layer}, language {lf.language!r}: "
+                                 f"{by_layer[lf.layer][lf.language].path} and {path}")
+        by_layer[lf.layer][lf.language] = lf
+        if lf.language not in languages:
+            languages.append(lf.language)
+    # The sample order is the same in every file of a run; genders agree across languages.
+    ref: dict[str, LayerFile] = {}
+    gender_of: dict[str, tuple[str, str]] = {}
+    for layer in sorted(by_layer):
+        for lang, lf in by_layer[layer].items():
+            first = ref.setdefault(lang, lf)
+            if lf.sample_ids != first.sample_ids:
+                raise LayerwiseError(f"{lf.name} and {first.name} hold different samples or a different sample "
+                                     "order; the files of one run share their sample order")
+            if lf is first:
+                for sid, g in zip(lf.sample_ids, lf.genders):
+                    seen = gender_of.setdefault(sid, (g, lf.name))
+                    if seen[0] != g:
+                        raise LayerwiseError(f"sample {sid!r} is {seen[0]!r} in {seen[1]} but {g!r} in {lf.name}")
+    return dict(by_layer), languages
+
+
+def _cka_subset(by_layer, languages, opts: Options) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Sample ids common to every language (first file's order, seeded subsample) and their rows per language."""
+    first = {lang: next(lf for layer in sorted(by_layer) for l2, lf in by_layer[layer].items() if l2 == lang)
+             for lang in languages}
+    common = set.intersection(*(set(first[l].sample_ids) for l in languages))
+    ids = [s for s in first[languages[0]].sample_ids if s in common]
+    if opts.cka_max_samples is not None and len(ids) > opts.cka_max_samples:
+        keep = np.sort(np.random.default_rng(opts.seed).choice(len(ids), opts.cka_max_samples, replace=False))
+        ids = [ids[i] for i in keep]
+    rows = {}
+    for lang in languages:
+        pos = {s: i for i, s in enumerate(first[lang].sample_ids)}
+        rows[lang] = np.array([pos[s] for s in ids], dtype=np.int64)
+    return ids, rows
+
+
+def _groups_for(lf: LayerFile, idx: np.ndarray, opts: Options) -> np.ndarray | None:
+    if opts.groups is None:
+        return None
+    return np.array([str(opts.groups.get(lf.sample_ids[i], lf.sample_ids[i])) for i in idx])
+
+
+def analyze(layer_files: list[Path], out_dir: Path, sae_dirs: dict | None = None, **options) -> dict:
+    """Run every analysis over the layer files and write the tables and report into out_dir.
+
+    `sae_dirs` maps a layer to an SAE folder (`sae_lens.SAE.load_from_disk`) or to an object with
+    `encode(x)`. Options: see `Options`. Returns {"outputs": {name: path}, "notes": [...],
+    "timings": {stage: s}, "probes"/"directions"/"cka"/"crosslingual"/"sae_features": DataFrames}.
+    """
+    opts = make_options(options)
+    if not layer_files:
+        raise LayerwiseError("no layer files given")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    notes, timer = Notes(), Timer()
+    t_start = time.perf_counter()
+    with timer("open"):
+        by_layer, languages = _index_files([Path(p) for p in layer_files])
+        cka_ids, cka_rows = _cka_subset(by_layer, languages, opts)
+    layers = sorted(by_layer)
+    sae_dirs = dict(sae_dirs or {})
+    for layer in sorted(set(sae_dirs) - set(layers)):
+        notes.add(f"an SAE was given for layer {layer}, which has no layer file", layer=layer, stage="sae")
+    if len(languages) < 2:
+        notes.add(f"only one language ({languages[0]}): no cross-lingual comparison or transfer", stage="crosslingual")
+    binary = len(opts.classes) == 2
+    if not binary:
+        notes.add(f"{len(opts.classes)} classes: directions, transfer and SAE associations need exactly 2; skipped",
+                  stage="directions")
+    grams = GramStore(len(cka_ids), opts.scratch_dir)
+    probe_rows: list[dict] = []
+    direction_rows: list[dict] = []
+    cross_rows: list[dict] = []
+    sae_frames: list[pd.DataFrame] = []
+    inputs = []
+    try:
+        for layer in layers:
+            pooled: dict[str, dict] = {}
+            dirs: dict[tuple[str, str], np.ndarray] = {}
+            base_dir_rows: dict[tuple[str, str], dict] = {}
+            encoder = None
+            if layer in sae_dirs:
+                with timer("sae_load"):
+                    spec = sae_dirs[layer]
+                    encoder = spec if hasattr(spec, "encode") else load_sae(spec, opts.sae_device)
+            for lang in [l for l in languages if l in by_layer[layer]]:
+                lf = by_layer[layer][lang]
+                inputs.append({"file": str(lf.path), "layer": layer, "language": lang,
+                               "token_selection": lf.token_selection, "layout": lf.layout, "dtype": lf.dtype,
+                               "samples": lf.n_samples, "token_kinds": lf.token_kinds is not None})
+                plan, skipped = plan_views(lf.token_selection, lf.token_kinds is not None, opts.views)
+                for msg in skipped:
+                    notes.add(msg, layer, lang, stage="views")
+                consumers = []
+                sae_pooler = None
+                if encoder is not None:
+                    sae_plan = {v: s for v, s in plan.items() if opts.sae_views is None or v in opts.sae_views}
+                    if sae_plan:
+                        sae_pooler = SaeLatentPooler(encoder, lf.n_samples, sae_plan, opts.sae_device,
+                                                     opts.sae_batch_rows)
+                        consumers.append(sae_pooler)
+                with timer("read_pool" if sae_pooler is None else "read_pool_sae"):
+                    views = pool_file(lf, plan, opts.chunk_bytes, consumers)
+                for view, p in list(views.items()):
+                    missing = lf.n_samples - p.n_valid
+                    if p.n_valid == 0:
+                        notes.add(f"view {view!r} skipped: no sample has a position of it", layer, lang, view, "views")
+                        del views[view]
+                    elif missing:
+                        notes.add(f"{missing} of {lf.n_samples} samples left out of view {view!r}: no position of "
+                                  "the view, or NaN/Inf among its rows", layer, lang, view, "views")
+                pooled[lang] = views
+                for view, p in views.items():
+                    _per_view(layer, lang, view, lf, p, opts, notes, timer, probe_rows, base_dir_rows, dirs)
+                    with timer("cka_gram"):
+                        rows = cka_rows[lang]
+                        grams.put(lang, view, layer, p.vectors[rows], p.valid[rows])
+                if sae_pooler is not None:
+                    with timer("sae_stats"):
+                        for view, (Z, valid, rate) in sae_pooler.result().items():
+                            idx, y = encode_labels(lf.genders, opts.classes, valid)
+                            if not binary:
+                                continue
+                            df, why = latent_associations(
+                                Z[idx], y, tuple(opts.classes), heldout_fraction=opts.sae_heldout_fraction,
+                                seed=opts.seed, top_k=opts.sae_top_k, alpha=opts.sae_alpha, token_firing_rate=rate)
+                            if df is None:
+                                notes.add(f"SAE associations skipped: {why}", layer, lang, view, "sae")
+                                continue
+                            df.insert(0, "view", view)
+                            df.insert(0, "language", lang)
+                            df.insert(0, "layer", layer)
+                            df["classes"] = class_counts(y, opts.classes)
+                            sae_frames.append(df)
+            with timer("crosslingual"):
+                _cross_language(layer, by_layer[layer], pooled, dirs, base_dir_rows, opts, notes, cross_rows,
+                                direction_rows, binary)
+            del pooled, dirs, encoder
+        with timer("cka_pairs"):
+            cka_rows_out = []
+            for lang, view in grams.keys():
+                ls, mat, n_used = grams.matrix(lang, view)
+                for i, la in enumerate(ls):
+                    for j, lb in enumerate(ls):
+                        cka_rows_out.append({"layer_a": la, "layer_b": lb, "language": lang, "view": view,
+                                             "cka": float(mat[i, j]), "adjacent": j == i + 1, "n_samples": n_used})
+    finally:
+        grams.close()
+
+    tables = {
+        outputs.PROBES: outputs.frame(probe_rows, outputs.PROBE_COLUMNS),
+        outputs.DIRECTIONS: outputs.frame(direction_rows, outputs.DIRECTION_COLUMNS),
+        outputs.CKA: outputs.frame(cka_rows_out, outputs.CKA_COLUMNS),
+        outputs.CROSSLINGUAL: outputs.frame(cross_rows, outputs.CROSSLINGUAL_COLUMNS),
+    }
+    if sae_dirs:
+        sae_df = pd.concat(sae_frames, ignore_index=True) if sae_frames else pd.DataFrame()
+        tables[outputs.SAE_FEATURES] = outputs.frame(sae_df, outputs.SAE_COLUMNS)
+    written = {}
+    with timer("write"):
+        for name, df in tables.items():
+            written[name] = str(outputs.write_parquet(df, out_dir / name))
+    if opts.report:
+        with timer("report"):
+            from .report import write_report
+
+            written[outputs.REPORT] = str(write_report(tables, notes.items, _summary_facts(layers, languages, opts),
+                                                       out_dir / outputs.REPORT))
+    timings = dict(timer.seconds)
+    timings["total"] = time.perf_counter() - t_start
+    summary = {
+        "options": {k: (v if k != "groups" else (None if v is None else f"{len(v)} samples"))
+                    for k, v in asdict(opts).items()},
+        "layers": layers, "languages": languages, "cka_samples": len(cka_ids),
+        "inputs": inputs, "sae_dirs": {str(k): str(v) for k, v in sae_dirs.items()},
+        "notes": notes.items, "timings": timings, "outputs": written, "versions": _versions(),
+    }
+    written[outputs.SUMMARY] = str(outputs.write_json(out_dir / outputs.SUMMARY, summary))
+    result = {"outputs": written, "notes": notes.items, "timings": timings}
+    for name, df in tables.items():
+        result[name.removesuffix(".parquet")] = df
+    result.setdefault("sae_features", None)
+    return result
+
+
+def _per_view(layer, lang, view, lf: LayerFile, p, opts: Options, notes: Notes, timer: Timer,
+              probe_rows: list, base_dir_rows: dict, dirs: dict) -> None:
+    """Probe and direction of one (layer, language, view)."""
+    idx, y = encode_labels(lf.genders, opts.classes, p.valid)
+    why = usable(y, len(opts.classes), opts.folds)
+    if why:
+        notes.add(f"probe and direction skipped: {why}", layer, lang, view, "probes")
+        return
+    X = p.vectors[idx]
+    splits = fold_splits(y, opts.folds, opts.seed, _groups_for(lf, idx, opts))
+    classes = class_counts(y, opts.classes)
+    with timer("probes"):
+        r = probe(X, y, splits, permutations=opts.permutations, seed=opts.seed, C=opts.C, n_jobs=opts.n_jobs)
+    if r.not_converged:
+        notes.add(f"{r.not_converged} probe fit(s) did not converge in {MAX_ITER} iterations", layer, lang, view, "probes")
+    probe_rows.append({"layer": layer, "language": lang, "view": view, "accuracy": r.accuracy,
+                       "accuracy_std": r.accuracy_std, "control_accuracy": r.control_accuracy,
+                       "control_std": r.control_std, "control_q95": r.control_q95, "p_value": r.p_value,
+                       "chance": r.chance, "n_samples": len(y), "classes": classes, "n_folds": len(splits),
+                       "n_permutations": opts.permutations, "not_converged": r.not_converged})
+    if len(opts.classes) != 2:
+        return
+    with timer("directions"):
+        d = directions.mean_difference(X, y)
+        held, held_std = directions.heldout_effect_size(X, y, splits)
+        dirs[(lang, view)] = d
+        base_dir_rows[(lang, view)] = {
+            "layer": layer, "language": lang, "view": view, "n_samples": len(y), "classes": classes,
+            "class_a": opts.classes[0], "class_b": opts.classes[1], "direction_norm": float(np.linalg.norm(d)),
+            "effect_size": directions.projection_effect_size(X, y, d), "heldout_effect_size": held,
+            "heldout_effect_size_std": held_std,
+        }
+
+
+def _aligned(lf_a: LayerFile, lf_b: LayerFile, valid_a, valid_b) -> tuple[np.ndarray, np.ndarray]:
+    pos_b = {s: i for i, s in enumerate(lf_b.sample_ids)}
+    ia, ib = [], []
+    for i, s in enumerate(lf_a.sample_ids):
+        j = pos_b.get(s)
+        if j is not None and valid_a[i] and valid_b[j]:
+            ia.append(i)
+            ib.append(j)
+    return np.array(ia, dtype=np.int64), np.array(ib, dtype=np.int64)
+
+
+def _cross_language(layer, files: dict[str, LayerFile], pooled: dict, dirs: dict, base_dir_rows: dict,
+                    opts: Options, notes: Notes, cross_rows: list, direction_rows: list, binary: bool) -> None:
+    langs = [l for l in pooled]
+    partners: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for la, lb in combinations(langs, 2):
+        for view in [v for v in pooled[la] if v in pooled[lb]]:
+            pa, pb = pooled[la][view], pooled[lb][view]
+            if pa.vectors.shape[1] != pb.vectors.shape[1]:
+                notes.add(f"{la} and {lb} differ in hidden size: not compared", layer, None, view, "crosslingual")
+                continue
+            ia, ib = _aligned(files[la], files[lb], pa.valid, pb.valid)
+            if len(ia) < 3:
+                notes.add(f"fewer than 3 samples valid in both {la} and {lb}: not compared", layer, None, view,
+                          "crosslingual")
+                continue
+            rng = np.random.default_rng([opts.seed, layer])
+            sim = crosslingual.similarity(pa.vectors[ia], pb.vectors[ib], rng)
+            cross_rows.append({"layer": layer, "view": view, "language_a": la, "language_b": lb, **sim})
+            if not binary:
+                continue
+            # Probe transfer on the aligned samples with a probed label, same folds both ways.
+            lab_idx, y = encode_labels([files[la].genders[i] for i in ia], opts.classes)
+            why = usable(y, 2, opts.folds)
+            stats_ab = stats_ba = None
+            if why:
+                notes.add(f"probe transfer {la}<->{lb} skipped: {why}", layer, None, view, "directions")
+            else:
+                Xa, Xb = pa.vectors[ia[lab_idx]], pb.vectors[ib[lab_idx]]
+                groups = _groups_for(files[la], ia[lab_idx], opts)
+                splits = fold_splits(y, opts.folds, opts.seed, groups)
+                with_a, a_to_b = transfer_scores(Xa, Xb, y, splits, opts.C, opts.seed)
+                with_b, b_to_a = transfer_scores(Xb, Xa, y, splits, opts.C, opts.seed)
+                stats_ab = (len(y), with_a.mean(), a_to_b.mean(), a_to_b.std())
+                stats_ba = (len(y), with_b.mean(), b_to_a.mean(), b_to_a.std())
+            cos = (directions.cosine(dirs[(la, view)], dirs[(lb, view)])
+                   if (la, view) in dirs and (lb, view) in dirs else float("nan"))
+            for src, dst, st in ((la, lb, stats_ab), (lb, la, stats_ba)):
+                partners[(src, view)].append({
+                    "other_language": dst, "direction_cosine": cos,
+                    "n_aligned": st[0] if st else 0, "within_accuracy": st[1] if st else float("nan"),
+                    "transfer_accuracy": st[2] if st else float("nan"), "transfer_std": st[3] if st else float("nan"),
+                })
+    for key, base in base_dir_rows.items():
+        others = partners.get(key) or [{"other_language": None, "direction_cosine": float("nan"), "n_aligned": 0,
+                                         "within_accuracy": float("nan"), "transfer_accuracy": float("nan"),
+                                         "transfer_std": float("nan")}]
+        for other in others:
+            direction_rows.append({**base, **other})
+
+
+def _summary_facts(layers, languages, opts: Options) -> dict:
+    return {"layers": layers, "languages": languages, "folds": opts.folds, "permutations": opts.permutations,
+            "seed": opts.seed, "classes": list(opts.classes), "views": list(opts.views)}
+
+
+def _versions() -> dict:
+    import sklearn
+    import torch
+
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "scikit-learn": sklearn.__version__,
+            "pandas": pd.__version__, "numpy": np.__version__}
