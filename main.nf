@@ -2,7 +2,7 @@
 /*
  * layerwise: record the hidden states of every decoder layer of a vision-language model
  * (Gemma 3) for a captioned image dataset, split into GPU jobs by layer group, language and
- * sample shard, merged per layer, validated, and published to --outdir.
+ * sample shard, each byte written once, then published to --outdir and validated there.
  *
  *   nextflow run . -profile test                          # tiny offline model, CPU (after scripts/setup.sh)
  *   nextflow run . -profile ncc --input samples.csv --outdir /path/results
@@ -29,6 +29,7 @@ workflow {
         PIPELINE_INITIALISATION.out.spec,
         PIPELINE_INITIALISATION.out.digest_all,
         PIPELINE_INITIALISATION.out.digest_core,
+        PIPELINE_INITIALISATION.out.outdir,
     )
 
     // All versions.yml -> pipeline_info/software_versions.yml

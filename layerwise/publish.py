@@ -257,7 +257,8 @@ def _with_sizes(outdir: Path, published: list[dict]) -> list[dict]:
     out = []
     for p in published:
         f = outdir / p["path"]
-        out.append({**p, "bytes": f.stat().st_size if f.is_file() else None})
+        st = f.stat() if f.is_file() else None
+        out.append({**p, "bytes": st.st_size if st else None, "mtime_ns": st.st_mtime_ns if st else None})
     return out
 
 

@@ -99,14 +99,14 @@ def _decode_text(path: Path) -> str:
         text = body.decode("utf-8")
     except UnicodeDecodeError as e:
         line = body.count(b"\n", 0, e.start) + 1
-        column = e.start - (body.rfind(b"\n", 0, e.start) + 1) + 1
+        column = len(body[body.rfind(b"\n", 0, e.start) + 1:e.start].decode("utf-8")) + 1
         bad = body[e.start:e.end]
         shown = " ".join(f"0x{b:02x}" for b in bad)
         guess = bad.decode("cp1252", errors="replace")
         bad_lines = sum(1 for raw in body.split(b"\n") if not _is_utf8(raw))
         more = f" ({bad_lines} lines have such bytes)" if bad_lines > 1 else ""
         raise LayerwiseError(
-            f"samplesheet {path} is not UTF-8 text: line {line}, character {column} has the byte {shown} "
+            f"samplesheet {path} is not UTF-8 text: line {line}, column {column} has the byte {shown} "
             f"(in Latin-1/Windows-1252 that would be {guess!r}){more}. Save it as UTF-8: 'CSV UTF-8' in the spreadsheet's "
             f"Save As dialog, or `iconv -f WINDOWS-1252 -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}`"
         ) from None

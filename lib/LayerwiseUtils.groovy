@@ -18,7 +18,9 @@ class LayerwiseUtils {
      * the report does not re-run hours of extraction on -resume. The extraction and merge code must
      * therefore never import them.
      */
-    static final List<String> DOWNSTREAM_ONLY = ['layerwise/validate.py', 'layerwise/report.py', 'layerwise/fixtures.py']
+    static final List<String> DOWNSTREAM_ONLY = ['layerwise/validate.py', 'layerwise/report.py', 'layerwise/fixtures.py',
+                                                 'layerwise/publish.py', 'layerwise/merge.py',
+                                                 'layerwise/analysis/', 'layerwise/sae/']
 
     /**
      * SHA-256 over the sorted files layerwise/**.py and assets/prompts.json (relative name + content),
@@ -41,7 +43,7 @@ class LayerwiseUtils {
         if (Files.isRegularFile(prompts)) files << prompts
         MessageDigest md = MessageDigest.getInstance('SHA-256')
         files.collect { Path p -> [root.relativize(p).toString().replace('\\', '/'), p] }
-             .findAll { !(it[0] in exclude) }
+             .findAll { rel -> !exclude.any { ex -> ex.endsWith('/') ? rel[0].startsWith(ex) : rel[0] == ex } }
              .sort { it[0] }
              .each { rel, Path p ->
                  md.update(rel.toString().getBytes('UTF-8')); md.update((byte) 0)
@@ -50,62 +52,43 @@ class LayerwiseUtils {
         return md.digest().encodeHex().toString()
     }
 
-    /** [0,1,2,3,7,9,10] -> "0-3,7,9-10" (for tags and ids; the CLI gets the explicit list). */
-    static String compactLayers(List<Integer> layers) {
-        List<Integer> ls = layers.collect { it as int }.unique().sort()
-        List<String> parts = []
-        int i = 0
-        while (i < ls.size()) {
-            int j = i
-            while (j + 1 < ls.size() && ls[j + 1] == ls[j] + 1) j++
-            parts << (j > i ? "${ls[i]}-${ls[j]}".toString() : "${ls[i]}".toString())
-            i = j + 1
-        }
-        return parts.join(',')
-    }
-
     /**
-     * plan.json (parsed) -> one meta map per work unit:
-     *   [id, layers (List<int>), layers_str, language, shard (int), rows ("START:END"),
-     *    n_shards (units that produce each of these layers for this language), n_layers]
-     * Checks the invariants the graph relies on: every (layer, language, shard) is produced by exactly
-     * one unit, and every language covers every planned layer (otherwise groupTuple would wait forever).
+     * plan.json (parsed) -> one meta map per work unit, as PREFLIGHT named it (layerwise/plan.py owns
+     * unit ids, compact layer lists and sheet names):
+     *   [id, layers (List<int>), layers_str, language, shard (int), rows ("START:END"), sheet, model_fingerprint]
+     * Checks the invariant the graph relies on: every (layer, language) of the plan is produced, and
+     * every (layer, language, shard) by exactly one unit.
      */
     static List<Map> units(Map plan) {
         List units = (plan.units ?: []) as List
         if (!units) throw new IllegalStateException('plan.json has no work units')
         List<Integer> planLayers = ((plan.layers ?: []) as List).collect { it as int }
         List<String> languages = ((plan.languages ?: []) as List).collect { it.toString() }
-        Map<List, Integer> count = [:]
         Set<List> seen = new HashSet<>()
+        Set<List> covered = new HashSet<>()
         units.each { Map u ->
+            if (!u.id || !u.sheet || !u.layers) throw new IllegalStateException("plan.json: incomplete unit ${u}")
             ((u.layers ?: []) as List).each { l ->
-                List key = [l as int, u.language.toString()]
-                if (!seen.add(key + [u.shard as int]))
+                if (!seen.add([l as int, u.language.toString(), u.shard as int]))
                     throw new IllegalStateException("plan.json: layer ${l}, language ${u.language}, shard ${u.shard} is in more than one unit")
-                count[key] = (count[key] ?: 0) + 1
+                covered << [l as int, u.language.toString()]
             }
         }
         languages.each { lang ->
-            def missing = planLayers.findAll { !count.containsKey([it, lang]) }
-            if (missing) throw new IllegalStateException("plan.json: no unit extracts layer(s) ${compactLayers(missing)} for ${lang}")
+            def missing = planLayers.findAll { !covered.contains([it, lang]) }
+            if (missing) throw new IllegalStateException("plan.json: no unit extracts layer(s) ${missing} for ${lang}")
         }
+        String fingerprint = (plan.model?.fingerprint ?: '').toString()
         return units.collect { Map u ->
-            List<Integer> layers = ((u.layers ?: []) as List).collect { it as int }
-            if (!layers) throw new IllegalStateException("plan.json: a unit has no layers: ${u}")
-            List shardCounts = layers.collect { count[[it, u.language.toString()]] }.unique()
-            if (shardCounts.size() != 1)
-                throw new IllegalStateException("plan.json: the layers of unit ${u} are split into different numbers of shards")
-            String ls = compactLayers(layers)
             [
-                id        : "L${ls}_${u.language}_s${u.shard}".toString(),
-                layers    : layers,
-                layers_str: ls,
-                language  : u.language.toString(),
-                shard     : u.shard as int,
-                rows      : u.rows?.toString(),
-                n_shards  : shardCounts[0] as int,
-                n_layers  : planLayers.size(),
+                id               : u.id.toString(),
+                layers           : ((u.layers ?: []) as List).collect { it as int },
+                layers_str       : u.layers_str.toString(),
+                language         : u.language.toString(),
+                shard            : u.shard as int,
+                rows             : u.rows?.toString(),
+                sheet            : u.sheet.toString(),
+                model_fingerprint: fingerprint,
             ]
         }
     }

@@ -1,12 +1,13 @@
 // One work unit on one GPU: a group of layers x one language x one shard of samples.
-// Writes layer_{L}_{language}.pt for every layer of the group (shard rows only) and summary.json.
+// Writes <unit id>/layer_{L}_{language}.pt for every layer of the group (shard rows only, each byte
+// written once into its final file) and <unit id>/summary.json (sizes and sha256 of the files).
 // Contract: docs/architecture.md (layerwise-extract).
 process EXTRACT_ACTIVATIONS {
-    tag "layers ${meta.layers_str} | ${meta.language} | shard ${meta.shard}"
+    tag "${meta.id}"
     label 'process_gpu'
 
-    // The inputs are small text files (samplesheet, prompts): hash their content, so that a re-run
-    // PREFLIGHT that writes an identical plan does not invalidate hours of cached GPU work on -resume.
+    // The unit's input sheet holds exactly the rows and captions it reads, with every image's sha256:
+    // hashing its content re-runs the unit when, and only when, something it reads has changed.
     cache 'deep'
 
     container "${ workflow.containerEngine in ['singularity', 'apptainer'] && !task.ext.singularity_pull_docker_container ?
@@ -14,55 +15,47 @@ process EXTRACT_ACTIVATIONS {
         'ghcr.io/layerwise/layerwise:0.1.0' }"
 
     input:
-    // meta: [id, layers, layers_str, language, shard, rows]; image_features: the
-    // shard's ENCODE_IMAGES output, or [] to run the vision tower here (--share_image_features false)
-    tuple val(meta), path(image_features)
-    path samplesheet                        // samplesheet.valid.csv from PREFLIGHT
+    // meta: [id, layers, layers_str, language, shard, rows, model_fingerprint]; sheet: units/<id>.csv
+    tuple val(meta), path(sheet)
     path prompts
     tuple val(model), val(revision)
     val source_digest
 
     output:
-    tuple val(meta), path('layer_*_*.pt'), emit: layers
-    tuple val(meta), path('summary.json'), emit: summary
-    path 'versions.yml'                  , emit: versions
+    tuple val(meta), path("${meta.id}"), emit: unit
+    path 'versions.yml'                , emit: versions
 
     when:
     task.ext.when == null || task.ext.when
 
     script:
-    def args = task.ext.args ?: ''           // --batch-size, --checkpoint-interval, --dtype, ... (conf/modules.config)
-    def rev  = revision ? "--revision '${revision}'" : ''
-    def rows = meta.rows ? "--rows ${meta.rows}" : ''
-    def feats = image_features ? "--image-features ${image_features}" : ''
-    // A retry (job killed for time or memory: see errorStrategy) continues from the last checkpoint
-    // of the previous attempt: its .partial/ scratch is moved into this task directory.
-    def prev = task.attempt > 1 && task.previousTrace?.workdir ? task.previousTrace.workdir : ''
+    def args  = task.ext.args ?: ''           // --dtype, --token-selection, ... (conf/modules.config)
+    def rev   = revision ? "--revision '${revision}'" : ''
+    def cache = params.share_image_features ? "--image-cache '${params.image_cache ?: "${workflow.workDir}/layerwise-image-features"}'" : ''
+    // A retry (job killed for time or memory: see errorStrategy) continues from the last checkpoint of
+    // the previous attempt, unless a live process still owns it (layerwise.extract.adopt_checkpoint).
+    def prev  = task.attempt > 1 && task.previousTrace?.workdir ? "--adopt-from '${task.previousTrace.workdir}/${meta.id}'" : ''
     """
-    prev='${prev}'
-    if [ -n "\$prev" ] && [ -d "\$prev/.partial" ]; then
-        echo "layerwise: continuing from the checkpoint of attempt ${task.attempt - 1} in \$prev" >&2
-        mv "\$prev/.partial" .partial
-    fi
-
     layerwise-extract \\
-        --samplesheet ${samplesheet} \\
+        --samplesheet ${sheet} \\
         --model '${model}' ${rev} \\
+        --model-fingerprint '${meta.model_fingerprint}' \\
         --language ${meta.language} \\
         --layers '${meta.layers.join(' ')}' \\
-        ${rows} ${feats} \\
         --prompts ${prompts} \\
-        --out-dir . \\
+        ${cache} ${prev} \\
+        --out-dir ${meta.id} \\
         ${args}
 
     layerwise-versions '${task.process}' torch transformers > versions.yml
     """
 
     stub:
-    def touches = meta.layers.collect { "touch layer_${it}_${meta.language}.pt" }.join('\n    ')
+    def touches = meta.layers.collect { "touch ${meta.id}/layer_${it}_${meta.language}.pt" }.join('\n    ')
     """
+    mkdir -p ${meta.id}
     ${touches}
-    echo '{}' > summary.json
+    echo '{"kind": "extract", "stub": true}' > ${meta.id}/summary.json
 
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":

@@ -17,6 +17,7 @@ workflow PIPELINE_INITIALISATION {
     spec        = Channel.value(init.spec)          // [layers:, languages:, layer_groups:, samples_per_task:]
     digest_all  = Channel.value(init.digest_all)    // SHA-256 of layerwise/**.py + assets/prompts.json
     digest_core = Channel.value(init.digest_core)   // the same without LayerwiseUtils.DOWNSTREAM_ONLY
+    outdir      = Channel.value(init.outdir)        // absolute --outdir (locked by this run)
 }
 
 /**
@@ -60,6 +61,17 @@ def initialise() {
         log.warn "Could not write params_${ts}.json to ${params.outdir}/pipeline_info: ${e.message}"
     }
 
+    // One run at a time per outdir; its metadata says "incomplete" until PUBLISH_RESULTS has verified
+    // this run's result; published files damaged since the last run send their unit back to work
+    if (params.outdir) {
+        def outdirPath = file(params.outdir.toString()).toAbsolutePath()
+        def owner = LayerwiseOutdir.owner(workflow.sessionId.toString(), workflow.runName)
+        def busy = LayerwiseOutdir.lock(outdirPath, owner)
+        if (busy) error("ERROR: ${busy}")
+        workflow.onComplete { LayerwiseOutdir.unlock(outdirPath, owner) }
+        LayerwiseOutdir.prepare(outdirPath, workflow.runName).each { log.warn it }
+    }
+
     // A local model directory is passed to tasks by absolute path (tasks run in work/)
     def model = params.model.toString()
     if (isLocalPath(model) && file(model).exists()) model = file(model).toAbsolutePath().toString()
@@ -80,6 +92,7 @@ def initialise() {
         ],
         digest_all : digest_all,
         digest_core: digest_core,
+        outdir     : file(params.outdir.toString()).toAbsolutePath().toString(),
     ]
 }
 

@@ -1,0 +1,29 @@
+"""Evaluate any SAELens SAE (one trained here, or a published one such as Gemma Scope 2) on a split
+of layer files, with the same rows as training (same token-kind filters, same split by sample)."""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+from .metrics import reconstruction_stats
+from .options import SAEOptions
+from .provider import ActivationProvider
+from .source import LayerSource, open_sources
+from .split import VALIDATION
+
+
+def evaluate_split(sae: Any, layer_files: Sequence[str | os.PathLike | LayerSource], options: SAEOptions | None = None,
+                   split: str = VALIDATION, device: str = "cpu") -> dict[str, Any]:
+    """explained_variance, fvu, mse, mean_l0, dead_fraction, tokens and samples of `sae` on `split`.
+
+    `options` chooses the rows exactly as for training: `language`, `keep_kinds`/`drop_kinds`,
+    `validation_fraction`/`split_seed`, `batch_size` (rows per forward) and `dtype`."""
+    options = options or SAEOptions()
+    sources = [s if isinstance(s, LayerSource) else None for s in layer_files]
+    if any(s is None for s in sources):
+        sources = open_sources([s.path if isinstance(s, LayerSource) else s for s in layer_files])
+    from .train import select_sources  # light: no SAELens import at module level there either
+
+    sources = select_sources(sources, options.language)
+    data = ActivationProvider.for_split(sources, options, split, shuffle=False, epochs=1, drop_last=False)
+    return {**reconstruction_stats(sae, data, device), "samples": data.num_samples}

@@ -1,0 +1,103 @@
+//
+// The --outdir contract, head side: one run at a time writes into an outdir (a lock taken before any
+// task is submitted), its metadata says "incomplete" until PUBLISH_RESULTS has verified a full
+// result, and a published file damaged since the last run makes -resume recompute its unit.
+// The Python side (layerwise/publish.py) checks the lock and does the publishing.
+//
+
+import groovy.json.JsonOutput
+import groovy.json.JsonSlurper
+import java.nio.file.FileAlreadyExistsException
+import java.nio.file.Files
+import java.nio.file.Path
+import java.nio.file.StandardCopyOption
+
+class LayerwiseOutdir {
+
+    static final String LOCK_FILE = '.layerwise.lock'
+    static final String METADATA = 'extraction_metadata.json'
+    static final String PREVIOUS = 'pipeline_info/extraction_metadata.previous.json'
+
+    /** Who this Nextflow head is: what the lock records. */
+    static Map owner(String session, String runName) {
+        [session: session, run_name: runName, pid: ProcessHandle.current().pid(),
+         host: InetAddress.getLocalHost().getHostName(), started: new Date().format("yyyy-MM-dd'T'HH:mm:ss")]
+    }
+
+    /** Take the outdir lock or explain who holds it. Returns null on success, else the error text. */
+    static String lock(Path outdir, Map owner) {
+        Files.createDirectories(outdir)
+        Path lock = outdir.resolve(LOCK_FILE)
+        for (int attempt = 0; attempt < 2; attempt++) {
+            try {
+                Files.createFile(lock)
+                lock.text = JsonOutput.toJson(owner)
+                return null
+            } catch (FileAlreadyExistsException ignored) {
+                Map held
+                try { held = new JsonSlurper().parse(lock.toFile()) as Map } catch (Exception e) { held = [:] }
+                boolean sameHost = held.host == owner.host
+                boolean alive = sameHost && held.pid && ProcessHandle.of(held.pid as long).map { it.isAlive() }.orElse(false)
+                if (sameHost && !alive) {
+                    Files.deleteIfExists(lock)     // its owner died (killed head): take over
+                    continue
+                }
+                return "--outdir ${outdir} is in use by another layerwise run (${held.run_name ?: '?'}, pid ${held.pid ?: '?'} on " +
+                    "${held.host ?: '?'}, since ${held.started ?: '?'}): two runs would mix their files. Wait for it, use another " +
+                    "--outdir, or, if no run is active (e.g. its head was killed on another machine), delete ${lock}."
+            }
+        }
+        return "--outdir ${outdir}: could not take the lock ${lock}"
+    }
+
+    /** Release the lock if it is ours (`session` and `pid` match). */
+    static void unlock(Path outdir, Map owner) {
+        try {
+            Path lock = outdir.resolve(LOCK_FILE)
+            if (!Files.exists(lock)) return
+            Map held = new JsonSlurper().parse(lock.toFile()) as Map
+            if (held.session == owner.session && (held.pid as long) == (owner.pid as long)) Files.deleteIfExists(lock)
+        } catch (Exception ignored) { }
+    }
+
+    /**
+     * Before any task: a file the last finished run published (hard-linked from the task that wrote
+     * it) that has since been damaged in place (size or mtime changed) shares its bytes with its work
+     * copy, so the work copy is damaged too: remove that unit's output folder, so that -resume
+     * re-runs the unit instead of reusing it. Then mark the outdir incomplete. Returns log lines.
+     */
+    static List<String> prepare(Path outdir, String runName) {
+        List<String> notes = []
+        Path meta = outdir.resolve(METADATA)
+        Map old = null
+        if (Files.isRegularFile(meta)) {
+            try { old = new JsonSlurper().parse(meta.toFile()) as Map } catch (Exception ignored) { }
+        }
+        if (old && old.status != 'incomplete') {
+            (old.published ?: []).each { Map rec ->
+                if (!(rec.how in ['linked', 'kept']) || !rec.source_dirs) return
+                Path f = outdir.resolve(rec.path.toString())
+                if (!Files.isRegularFile(f)) return        // deleted: PUBLISH re-links the intact work copy
+                boolean changed = Files.size(f) != (rec.bytes as long) ||
+                    (rec.mtime_ns != null && Files.getLastModifiedTime(f).toInstant().with { it.epochSecond * 1_000_000_000L + it.nano } != (rec.mtime_ns as long))
+                if (!changed) return
+                (rec.source_dirs as List).each { String d ->
+                    Path src = java.nio.file.Paths.get(d).resolve(f.fileName.toString())
+                    if (Files.exists(src) && Files.isSameFile(src, f)) {
+                        src.parent.toFile().deleteDir()
+                        notes << "${rec.path} was changed since it was published; its work copy (the same file) is removed so that its unit is extracted again".toString()
+                    }
+                }
+            }
+            Files.createDirectories(outdir.resolve('pipeline_info'))
+            Files.copy(meta, outdir.resolve(PREVIOUS), StandardCopyOption.REPLACE_EXISTING)
+        }
+        Path tmp = outdir.resolve(".${METADATA}.tmp")
+        tmp.text = JsonOutput.prettyPrint(JsonOutput.toJson([
+            status: 'incomplete', run_name: runName, since: new Date().format("yyyy-MM-dd'T'HH:mm:ss"),
+            reason: 'a run is writing into this folder, or one stopped before publishing a verified result',
+        ])) + '\n'
+        Files.move(tmp, meta, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE)
+        return notes
+    }
+}

@@ -1,0 +1,61 @@
+// Place every layer file in --outdir (hard links from the units that wrote them; shards merged into
+// place), remove earlier runs' leftovers from view (superseded/), validate the files as they are in
+// the outdir, and write extraction_metadata.json, metadata/*.parquet and validation_report.html.
+// Contract: docs/architecture.md (layerwise-publish).
+process PUBLISH_RESULTS {
+    tag "${params.outdir}"
+    label 'process_low'
+
+    // Always runs: it checks the outdir as it is now (a published file may have been removed or damaged
+    // since the last run) and re-links, re-merges or reports what is needed.
+    cache false
+
+    container "${ workflow.containerEngine in ['singularity', 'apptainer'] && !task.ext.singularity_pull_docker_container ?
+        'docker://ghcr.io/layerwise/layerwise:0.1.0' :
+        'ghcr.io/layerwise/layerwise:0.1.0' }"
+
+    input:
+    path plan                                   // plan.json
+    path samplesheet                            // samplesheet.valid.csv
+    path units                                  // one <unit id>/ folder per extraction unit
+    val outdir                                  // absolute --outdir
+
+    output:
+    path 'published.txt', emit: log
+    path 'versions.yml' , emit: versions
+
+    when:
+    task.ext.when == null || task.ext.when
+
+    script:
+    def args = task.ext.args ?: ''              // --mode, --combined (conf/modules.config)
+    """
+    layerwise-publish \\
+        --plan ${plan} \\
+        --samplesheet ${samplesheet} \\
+        --outdir '${outdir}' \\
+        --run-id '${workflow.sessionId}' \\
+        --run-name '${workflow.runName}' \\
+        ${args} \\
+        ${units} | tee published.txt
+
+    layerwise-versions '${task.process}' torch pandas pyarrow > versions.yml
+    """
+
+    stub:
+    """
+    mkdir -p '${outdir}/layer_checkpoints'
+    for d in ${units}; do for f in \$d/layer_*.pt; do ln -f "\$f" '${outdir}/layer_checkpoints/'; done; done
+    echo '{"status": "stub"}' > '${outdir}/extraction_metadata.json'
+    echo stub > published.txt
+
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        python: "stub"
+        torch: "stub"
+        pandas: "stub"
+        pyarrow: "stub"
+        layerwise: "stub"
+    END_VERSIONS
+    """
+}
