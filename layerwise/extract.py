@@ -311,9 +311,9 @@ def adopt_checkpoint(previous: Path, out_dir: Path, layers: list[int], language:
     if is_locked(prev_scratch / LOCK_FILE):
         print(f"layerwise: {previous} is still being written by a live process: starting afresh", file=sys.stderr)
         return False
-    scratch = Path(out_dir) / PARTIAL_DIR
-    shutil.rmtree(scratch, ignore_errors=True)
-    shutil.move(str(prev_scratch), str(scratch))
+    scratch = Path(out_dir) / PARTIAL_DIR       # holds this process's lock: move files, not the folder
+    scratch.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(prev_scratch / PROGRESS_FILE), str(scratch / PROGRESS_FILE))
     for layer in layers:
         name = schema.layer_filename(layer, language) + ".partial"
         if (Path(previous) / name).is_file():

@@ -188,6 +188,8 @@ def load_rgb(source) -> Image.Image:
         raise ImageDecodeError(path, "a directory, not an image file") from None
     except PermissionError:
         raise ImageDecodeError(path, "cannot be read (permission denied)") from None
+    except Image.DecompressionBombError as e:
+        raise ImageDecodeError(path, f"too large to decode safely ({e}); resize it") from None
     except Image.UnidentifiedImageError:
         raise ImageDecodeError(path, "corrupt image, or not an image format PIL can read (PIL cannot identify it)") from None
     except Exception as e:  # PIL raises many types for broken files

@@ -29,6 +29,14 @@ from .errors import LayerwiseError
 LAYERS_PARAM = "--layers"
 GROUPS_PARAM = "--layer_groups"
 
+# The syntax of the two parameters as JSON-schema (ECMA) patterns: nextflow_schema.json uses exactly
+# these (tests/test_layers.py checks that, and that a spec matches iff the parser can read it).
+# Values (ranges within the model, groups covering the layers) are checked by the parser, in PREFLIGHT.
+_TOKEN = r"([Aa][Ll][Ll]|[0-9]+(-[0-9]+)?)"
+LAYER_SPEC_PATTERN = rf"^[\s,]*{_TOKEN}([\s,]+{_TOKEN})*[\s,]*$"
+_GROUP_TOKEN = r"[0-9]+(-[0-9]+)?"
+LAYER_GROUPS_PATTERN = (rf"^\s*([Aa][Uu][Tt][Oo]|-?[0-9]+|[\s,;]*{_GROUP_TOKEN}([\s,;]+{_GROUP_TOKEN})*[\s,;]*)\s*$")
+
 _SEP = re.compile(r"[\s,]+")
 _SINGLE = re.compile(r"[0-9]+")
 _RANGE = re.compile(r"([0-9]+)-([0-9]+)")

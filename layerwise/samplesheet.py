@@ -172,6 +172,7 @@ def _read_rows(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
     """Header (normalised), data rows as text and the file line each row starts on; structural problems raise at once."""
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     text = _decode_text(path)
+    _check_delimiter(path, text, delimiter)
     records: list[tuple[list[str], int]] = []
     old_limit = csv.field_size_limit()
     csv.field_size_limit(max(old_limit, FIELD_LIMIT))
@@ -192,7 +193,6 @@ def _read_rows(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
     if not records:
         raise LayerwiseError(f"samplesheet {path} is empty; it needs a header line such as 'sample_id,image,gender,caption_english'")
     header = [h.strip().lower() for h in records[0][0]]
-    _check_delimiter(path, header, text, records[0][1], delimiter)
     seen: dict[str, int] = {}
     for i, name in enumerate(header):
         if name and name in seen:
@@ -219,24 +219,34 @@ def _read_rows(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
     return [header[i] for i in keep], [[r[i] for i in keep] for r in rows], lines
 
 
-def _check_delimiter(path: Path, header: list[str], text: str, line: int, delimiter: str) -> None:
-    """Refuse, naming it, a sheet whose header is split by another delimiter than the one read."""
-    if schema.SAMPLE_ID in header and schema.IMAGE in header:
+def _check_delimiter(path: Path, text: str, delimiter: str) -> None:
+    """Refuse, naming it, a sheet whose header line is split by another delimiter than the one read.
+
+    Runs before parsing, on the first non-blank line, so that a quoted ``"sample_id";"image"`` header
+    gets this hint rather than a quoting error.
+    """
+    for number, first in enumerate(io.StringIO(text, newline=""), start=1):
+        if first.strip():
+            break
+    else:
         return
-    first = io.StringIO(text, newline="").readlines()[line - 1] if text else ""
-    for other, name in OTHER_DELIMITERS.items():
-        if other == delimiter:
-            continue
+
+    def names(sep: str) -> list[str]:
         try:
-            fields = next(csv.reader([first], delimiter=other))
+            return [f.strip().lower() for f in next(csv.reader([first.rstrip("\r\n")], delimiter=sep))]
         except (csv.Error, StopIteration):
-            continue
-        names = [f.strip().lower() for f in fields]
-        if len(names) >= 3 and (schema.SAMPLE_ID in names or schema.IMAGE in names):
+            return []
+
+    own = names(delimiter)
+    if schema.SAMPLE_ID in own and schema.IMAGE in own:
+        return
+    for other, name in OTHER_DELIMITERS.items():
+        found = names(other) if other != delimiter else []
+        if len(found) >= 3 and (schema.SAMPLE_ID in found or schema.IMAGE in found):
             expected = "tab-separated (.tsv)" if delimiter == "\t" else "comma-separated"
-            fix = ("rename it to .tsv if it is tab-separated, or " if other == "\t" else "")
+            fix = "rename it to .tsv if it is tab-separated, or " if other == "\t" else ""
             raise LayerwiseError(
-                f"samplesheet {path} looks {name}-separated (line {line}: {first.strip()[:120]!r}), but a "
+                f"samplesheet {path} looks {name}-separated (line {number}: {first.strip()[:120]!r}), but a "
                 f"{path.suffix or 'CSV'} file is read as {expected}; {fix}save it as comma-separated CSV "
                 f"(spreadsheets in decimal-comma locales write ';': choose 'CSV UTF-8 (comma delimited)' or set the "
                 f"field delimiter to ',')")

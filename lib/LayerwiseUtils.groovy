@@ -144,6 +144,24 @@ class LayerwiseUtils {
         }
     }
 
+    /**
+     * The line of a failed run's error message that says what went wrong: a layerwise `ERROR: ...`
+     * line, else the last Python exception line of the task's stderr (not a progress bar, a
+     * "Traceback" header or a hub warning), else the first line.
+     */
+    static String errorLine(String message) {
+        if (!message) return null
+        List<String> lines = message.readLines().collect { it.replaceAll(/\033\[[0-9;]*m/, '').trim() }.findAll { it }
+        String ours = lines.find { it.startsWith('ERROR: ') && !it.startsWith('ERROR ~') }
+        if (ours) return ours.substring(7)
+        def noise = { String l -> l.contains('\r') || l =~ /\d+%\|/ || l =~ /it\/s\]/ || l.startsWith('Traceback') ||
+                                  l.startsWith('File "') || l =~ /(?i)warn/ }
+        String exc = lines.reverse().find { it =~ /^([A-Za-z_][\w.]*)(Error|Exception|Interrupt|Exit)\b.*/ && !noise(it) }
+        if (exc) return exc
+        String failed = lines.find { it =~ /(?i)(out of memory|killed|no space left|permission denied)/ }
+        return failed ?: lines[0]
+    }
+
     /** Command line to resume a run: the original one plus -resume (once). */
     static String resumeCommand(String commandLine) {
         String cmd = commandLine?.trim() ?: 'nextflow run <pipeline> <same options>'

@@ -137,3 +137,51 @@ def test_invalid_groups_name_the_parameter(groups, fragment):
         split_layer_groups(list(range(17)), groups)
     assert "--layer_groups" in str(e.value)
     assert fragment in str(e.value)
+
+
+# -- one rule for the parameter syntax: nextflow_schema.json's patterns are layers.py's ---------------
+def _schema_property(name: str) -> dict:
+    schema = json.loads((Path(__file__).parent.parent / "nextflow_schema.json").read_text(encoding="utf-8"))
+    for group in schema["$defs"].values():
+        if name in group.get("properties", {}):
+            return group["properties"][name]
+    raise KeyError(name)
+
+
+def test_schema_patterns_are_the_parsers():
+    from layerwise.layers import LAYER_GROUPS_PATTERN, LAYER_SPEC_PATTERN
+
+    assert _schema_property("layers")["pattern"] == LAYER_SPEC_PATTERN
+    assert _schema_property("layer_groups")["pattern"] == LAYER_GROUPS_PATTERN
+
+
+@pytest.mark.parametrize("case", CASES, ids=[repr(c["spec"]) for c in CASES])
+def test_layer_pattern_accepts_exactly_what_the_parser_can_read(case):
+    """Syntax only: a spec the schema pattern matches either parses or fails on its values (a layer out of
+    the model's range, a reversed range: refused by the parser, in PREFLIGHT); one it rejects cannot be read."""
+    import re
+
+    from layerwise.layers import LAYER_SPEC_PATTERN
+
+    matches = re.fullmatch(LAYER_SPEC_PATTERN, case["spec"]) is not None
+    try:
+        parse_layer_spec(case["spec"], 10**6)
+        readable = True
+    except LayerwiseError as e:
+        readable = "reversed" in str(e) or "out of range" in str(e)
+    assert matches == readable, (case["spec"], matches, readable)
+
+
+@pytest.mark.parametrize("case", GROUP_CASES, ids=[f"{c['spec']}|{c['groups']}" for c in GROUP_CASES])
+def test_group_pattern_accepts_what_the_parser_can_read(case):
+    import re
+
+    from layerwise.layers import LAYER_GROUPS_PATTERN
+
+    text = str(case["groups"])
+    try:
+        split_layer_groups(list(range(200)), text)
+        readable = True
+    except LayerwiseError as e:
+        readable = "cannot read" not in str(e) and "is empty" not in str(e)
+    assert (re.fullmatch(LAYER_GROUPS_PATTERN, text) is not None) == readable, text

@@ -1,15 +1,20 @@
 """The whole Nextflow pipeline, run as a user runs it (`./nextflow run . -profile test`), offline on the
 tiny Gemma 3 fixture: stub graph, published outputs checked against an independent forward pass,
--resume after success, after a kill and after adding layers, and early failure on bad input.
+-resume after success (and after damage to published files), after a kill of the head that leaves its
+task running, after editing one caption and the batch size, after adding a language, after changing
+an image's content; stale results moved aside, a concurrent run refused, an unpublishable outdir
+reported as FAILED; early failure on bad input.
 
-Slow (each `nextflow run` starts a JVM and Python tasks): about 4-5 minutes on an idle 2-core machine,
-most of it in the two full runs (`full_run` and the interrupted one); select with -m pipeline.
+Slow (each `nextflow run` starts a JVM and Python tasks): several minutes on an idle 2-core machine,
+most of it in the full runs; select with -m pipeline. Runs are shared between tests where they can be.
 """
 from __future__ import annotations
 
 import csv
 import json
-import time
+import os
+import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -36,19 +41,18 @@ pytestmark = pytest.mark.pipeline
 
 LANGUAGES = ("english", "arabic")
 NUM_LAYERS, HIDDEN, N_SAMPLES = 6, 64, 12
-PROCESSES = ("PREFLIGHT", "ENCODE_IMAGES", "EXTRACT_ACTIVATIONS", "MERGE_ACTIVATIONS", "COMBINE_LAYERS",
-             "VALIDATE_ACTIVATIONS")
+PROCESSES = ("PREFLIGHT", "EXTRACT_ACTIVATIONS", "PUBLISH_RESULTS")
 # -profile test: layer_groups 2 (0-2, 3-5) x 2 languages x 2 shards of 6 samples
-EXPECTED_TASKS = {"PREFLIGHT": 1, "ENCODE_IMAGES": 2, "EXTRACT_ACTIVATIONS": 8, "MERGE_ACTIVATIONS": 12,
-                  "COMBINE_LAYERS": 2, "VALIDATE_ACTIVATIONS": 1}
-RUN_TIMEOUT = 600          # seconds for one full run (about 1 minute on an idle 2-core machine)
+EXPECTED_TASKS = {"PREFLIGHT": 1, "EXTRACT_ACTIVATIONS": 8, "PUBLISH_RESULTS": 1}
+# PREFLIGHT and PUBLISH_RESULTS always run (they check inputs and outdir as they are now)
+ALWAYS_RUN = ("PREFLIGHT", "PUBLISH_RESULTS")
+RUN_TIMEOUT = 900          # seconds for one full run (about 1-2 minutes on an idle 2-core machine)
 ERROR_TIMEOUT = 300        # seconds for a run that must fail early
 
 LAYER_FILES = [f"layer_checkpoints/{schema.layer_filename(layer, lang)}"
                for layer in range(NUM_LAYERS) for lang in LANGUAGES]
-COMBINED_FILES = [schema.combined_filename(lang) for lang in LANGUAGES]
-TOP_FILES = COMBINED_FILES + ["extraction_metadata.json", "validation_report.html", "metadata/samples.parquet",
-                              "metadata/layers.parquet"]
+TOP_FILES = ["extraction_metadata.json", "validation_report.html", "metadata/samples.parquet",
+             "metadata/layers.parquet"]
 PIPELINE_INFO = ["plan.json", "samplesheet.valid.csv", "software_versions.yml"]
 PIPELINE_INFO_GLOBS = ["execution_trace_*.txt", "execution_timeline_*.html", "execution_report_*.html",
                        "pipeline_dag_*.html", "params_*.json"]
@@ -90,8 +94,12 @@ def test_stub_run_walks_the_whole_graph(tmp_path, fixture_dir):
     run = run_pipeline(tmp_path, stub=True, timeout=RUN_TIMEOUT)
     assert_ok(run)
     out = run.outdir
-    for name in LAYER_FILES + TOP_FILES + [f"pipeline_info/{n}" for n in PIPELINE_INFO]:
+    for name in LAYER_FILES + ["extraction_metadata.json", "pipeline_info/software_versions.yml"]:
         assert (out / name).is_file(), f"stub run did not publish {name}\n{run.failure_message()}"
+    # the stub plans with the real planner: the same units as a real run
+    plan = json.loads(next(run.workdir.rglob("plan.json")).read_text())
+    assert [u["id"] for u in plan["units"]] == [
+        f"L{g}_{lang}_s{s}" for g in ("0-2", "3-5") for lang in LANGUAGES for s in (0, 1)]
     assert sorted(p.name for p in (out / "layer_checkpoints").iterdir()) == sorted(Path(n).name for n in LAYER_FILES)
     rows = run.trace()
     assert counts_by_process(rows) == EXPECTED_TASKS, rows
@@ -106,9 +114,11 @@ def test_published_files(full_run):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, f"missing or empty: {name}"
     for pattern in PIPELINE_INFO_GLOBS:
         assert list((out / "pipeline_info").glob(pattern)), f"no pipeline_info/{pattern}"
-    # nothing else in layer_checkpoints, no stray .pt at the top (shard files stay in work/)
+    # nothing else in layer_checkpoints; no combined files unless asked for (--combined_files)
     assert sorted(p.name for p in (out / "layer_checkpoints").iterdir()) == sorted(Path(n).name for n in LAYER_FILES)
-    assert sorted(p.name for p in out.glob("*.pt")) == sorted(COMBINED_FILES)
+    assert sorted(p.name for p in out.glob("*.pt")) == []
+    for name in LAYER_FILES:   # complete files, not links into work/
+        assert (out / name).is_file() and not (out / name).is_symlink()
 
     rows = full_run.trace()
     assert counts_by_process(rows) == EXPECTED_TASKS
@@ -136,6 +146,14 @@ def test_metadata_json(full_run):
     assert meta["vision_tower"]["images_encoded"] == meta["vision_tower"]["distinct_images"] == N_SAMPLES
     for entry in meta["files"]:
         assert entry["sha256"] == sha256_file(full_run.outdir / "layer_checkpoints" / entry["file"])
+    # every published file is listed, with its checksum, and nothing else
+    published = {r["path"]: r for r in meta["published"]}
+    present = {p.relative_to(full_run.outdir).as_posix() for p in full_run.outdir.rglob("*") if p.is_file()}
+    managed = {p for p in present if not p.startswith("pipeline_info/") or p.rsplit("/", 1)[-1] in
+               ("plan.json", "samplesheet.valid.csv")} - {"extraction_metadata.json"}
+    assert set(published) == managed, set(published) ^ managed
+    for rel, rec in published.items():
+        assert rec["sha256"] == sha256_file(full_run.outdir / rel), rel
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
@@ -198,20 +216,6 @@ def test_parquet_metadata(full_run, samplesheet):
         assert int(row["samples"]) == N_SAMPLES
 
 
-@pytest.mark.parametrize("language", LANGUAGES)
-def test_combined_file_equals_the_layer_files(full_run, language):
-    combined = load(full_run.outdir / schema.combined_filename(language))
-    assert combined["language"] == language
-    assert sorted(combined["layers"]) == list(range(NUM_LAYERS))
-    assert sorted(combined["activations"]) == list(range(NUM_LAYERS))
-    for layer in range(NUM_LAYERS):
-        d = load(full_run.outdir / "layer_checkpoints" / schema.layer_filename(layer, language))
-        assert torch.equal(combined["activations"][layer], d["activations"]), f"layer {layer}"
-        assert torch.equal(combined["nan_counts"][layer], d["nan_counts"])
-        assert combined["sample_ids"] == d["sample_ids"] and combined["genders"] == d["genders"]
-        assert torch.equal(combined["lengths"], d["lengths"]) and torch.equal(combined["token_ids"], d["token_ids"])
-
-
 @pytest.fixture(scope="module")
 def reference(tiny_model_dir, samplesheet):
     """(language, sample_id) -> (input_ids, hidden_states) of a plain forward pass built with the processor
@@ -255,24 +259,59 @@ def test_layers_equal_an_independent_forward_pass(full_run, reference, language,
                                    msg=lambda m: f"{language} layer {layer} {sample_id}: {m}")
 
 
-# -- 3. -resume after success ----------------------------------------------------------------------
-def test_resume_after_success_reruns_nothing(full_run):
-    again = run_pipeline(full_run.launchdir, workdir=full_run.workdir, outdir=full_run.outdir, resume=True,
-                         timeout=RUN_TIMEOUT)
+# -- 3. -resume after success, and after damage to the published files ------------------------------
+def test_resume_after_success_reruns_nothing_and_repairs_published_files(full_run):
+    out = full_run.outdir
+    truncated = out / LAYER_FILES[1]
+    deleted = out / LAYER_FILES[2]
+    with open(truncated, "r+b") as fh:   # damage in place, as a crashed copy or a full disk would
+        fh.truncate(truncated.stat().st_size // 2)
+    deleted.unlink()
+    again = run_pipeline(full_run.launchdir, workdir=full_run.workdir, outdir=out, resume=True, timeout=RUN_TIMEOUT)
     assert_ok(again)
     assert again.trace_file is not None and again.trace_file != full_run.trace_file
     rows = again.trace()
     assert counts_by_process(rows) == EXPECTED_TASKS
-    assert status_counts(rows) == {"CACHED": sum(EXPECTED_TASKS.values())}, status_counts(rows)
-    # the console agrees: every process line says cached, nothing was submitted
-    assert "Submitted process" not in again.stdout
-    assert again.stdout.count("Cached process") == sum(EXPECTED_TASKS.values()), again.stdout[-3000:]
-    assert output_digest(again.outdir) == full_run.digest
+    extract = rows_of(rows, "EXTRACT_ACTIVATIONS")
+    assert {r["status"] for r in extract} == {"CACHED"}, status_counts(extract)
+    for name in ALWAYS_RUN:
+        assert [r["status"] for r in rows_of(rows, name)] == ["COMPLETED"]
+    # the shards' files are merged into place again: both repaired, identical to the first run
+    assert output_digest(out) == full_run.digest
+    meta = json.loads((out / "extraction_metadata.json").read_text())
+    assert meta["status"] == "passed"
 
 
-# -- 4. -resume after a kill -----------------------------------------------------------------------
-def test_resume_after_kill_reuses_finished_tasks(tmp_path, full_run):
-    total = sum(EXPECTED_TASKS.values())
+def test_execution_only_settings_and_one_caption_rerun_only_what_reads_them(tmp_path, full_run, samplesheet):
+    """Same work dir and cache as the full run, a samplesheet with one English caption of shard 1
+    edited, and a different batch size and checkpoint interval: only the English units of shard 1 run."""
+    rows = sheet_rows(samplesheet)
+    for r in rows:
+        r["image"] = str((samplesheet.parent / r["image"]).resolve())
+    edited = rows[8]["sample_id"]                  # shard 1 holds rows 6-11
+    rows[8]["caption_english"] = rows[8]["caption_english"].rstrip(".") + ", smiling."
+    sheet = tmp_path / "edited.csv"
+    with open(sheet, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    run = run_pipeline(full_run.launchdir, "--input", sheet, "--batch_size", "3", "--checkpoint_interval", "5",
+                       workdir=full_run.workdir, outdir=tmp_path / "results", resume=True, timeout=RUN_TIMEOUT)
+    assert_ok(run)
+    extract = {r["tag"]: r["status"] for r in rows_of(run.trace(), "EXTRACT_ACTIVATIONS")}
+    rerun = sorted(tag for tag, status in extract.items() if status != "CACHED")
+    assert rerun == ["L0-2_english_s1", "L3-5_english_s1"], extract
+    digest = output_digest(run.outdir)
+    changed = sorted(k for k in digest if digest[k] != full_run.digest.get(k))
+    # every English layer file holds the edited sample; no Arabic file changed
+    assert [k for k in changed if k.startswith("layer_checkpoints/")] == sorted(
+        f"layer_checkpoints/{schema.layer_filename(layer, 'english')}" for layer in range(NUM_LAYERS)), changed
+    d = load(run.outdir / LAYER_FILES[0])
+    assert edited in d["sample_ids"]
+
+
+# -- 4. the head killed while a task runs: the orphaned task and the resumed run ---------------------
+def test_head_killed_mid_run_resume_gives_identical_outputs(tmp_path, full_run):
     n_extract = EXPECTED_TASKS["EXTRACT_ACTIVATIONS"]
     run = start_pipeline(tmp_path)
 
@@ -287,61 +326,124 @@ def test_resume_after_kill_reuses_finished_tasks(tmp_path, full_run):
     except TimeoutError as e:
         stop_pipeline(run)
         pytest.fail(f"{e}\n{finish(run).failure_message()}")
-    t0 = time.time()
-    stop_pipeline(run, grace=60)
+
+    # a second run into the same outdir while this one works is refused before it submits anything
+    rival = run_pipeline(tmp_path / "rival", outdir=run.outdir, timeout=ERROR_TIMEOUT)
+    assert rival.returncode != 0 and "is in use by another layerwise run" in rival.output, rival.failure_message()
+    assert "Submitted process" not in rival.output
+
+    # SIGKILL to the Nextflow head only: its running tasks carry on as orphans (as SLURM jobs do)
+    os.kill(run.process.pid, signal.SIGKILL)
     killed = finish(run)
-    print(f"interrupted after {t0 - killed.started:.0f} s; stopped in {time.time() - t0:.1f} s; "
-          f"trace of the interrupted run: {status_counts(killed.trace())}")
-    assert killed.returncode != 0, f"the interrupted run reports success\n{killed.failure_message()}"
+    assert killed.returncode != 0
+    meta = json.loads((killed.outdir / "extraction_metadata.json").read_text())
+    assert meta["status"] == "incomplete", "an interrupted run must not look complete"
 
-    before = killed.trace()
-    done_before = {r["hash"]: r for r in before if r["status"] == "COMPLETED"}
-    extract_done = rows_of(before, "EXTRACT_ACTIVATIONS", "COMPLETED")
-    assert 1 <= len(extract_done) < n_extract, (
-        f"interrupt came too late to test anything: {len(extract_done)} of {n_extract} extractions had finished")
-    assert not (killed.outdir / "extraction_metadata.json").exists()
-
+    # resume at once, while the orphans may still be writing
     resumed = run_pipeline(tmp_path, resume=True, timeout=RUN_TIMEOUT)
     assert_ok(resumed)
     rows = resumed.trace()
     assert counts_by_process(rows) == EXPECTED_TASKS, counts_by_process(rows)
-    status = {r["hash"]: r["status"] for r in rows}
-    rerun = {h: done_before[h]["name"] for h in done_before if status.get(h) != "CACHED"}
-    assert not rerun, f"tasks that had finished before the kill ran again: {sorted(rerun.values())}"
-    counts = status_counts(rows)
-    print(f"resumed run: {counts}")
-    assert counts.get("CACHED", 0) >= len(done_before)
-    assert 0 < counts.get("COMPLETED", 0) < total, counts
-    assert set(counts) <= set(DONE_STATUSES), counts
-    # the extractions that had not finished ran now (an interrupted one had no result to keep)
-    assert 1 <= len(rows_of(rows, "EXTRACT_ACTIVATIONS", "COMPLETED")) <= n_extract - len(extract_done)
-    # identical results to the uninterrupted run
+    assert rows_of(rows, "EXTRACT_ACTIVATIONS", "CACHED"), "finished units must be reused"
+    assert len(rows_of(rows, "EXTRACT_ACTIVATIONS", "CACHED")) < n_extract
+    assert set(status_counts(rows)) <= set(DONE_STATUSES)
     digest = output_digest(resumed.outdir)
     assert set(digest) == set(full_run.digest)
     assert [k for k in digest if digest[k] != full_run.digest[k]] == []
 
 
-# -- 5. adding layers runs only the new work -------------------------------------------------------
-def test_adding_layers_reruns_only_the_new_units(tmp_path, fixture_dir):
-    common = ("--layer_groups", "auto", "--samples_per_task", "0", "--languages", "english")
-    first = run_pipeline(tmp_path, "--layers", "0-1", *common, timeout=RUN_TIMEOUT)
-    assert_ok(first)
-    r1 = first.trace()
-    assert [r["tag"] for r in rows_of(r1, "EXTRACT_ACTIVATIONS")] == ["layers 0-1 | english | shard 0"]
+# -- 5. languages, layers, image content; stale results; damage to a hard-linked file; rm -rf work ---
+def _own_sheet(tmp_path: Path, samplesheet: Path) -> Path:
+    """The fixture samplesheet with its images copied next to it (so that a test may change one)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = sheet_rows(samplesheet)
+    for r in rows:
+        src = samplesheet.parent / r["image"]
+        shutil.copy(src, images / src.name)
+        r["image"] = f"images/{src.name}"
+    path = tmp_path / "samples.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
 
-    second = run_pipeline(tmp_path, "--layers", "0-1 4", *common, resume=True, timeout=RUN_TIMEOUT)
-    assert_ok(second)
-    r2 = second.trace()
-    extract = {r["tag"]: r["status"] for r in rows_of(r2, "EXTRACT_ACTIVATIONS")}
-    assert extract == {"layers 0-1 | english | shard 0": "CACHED", "layers 4 | english | shard 0": "COMPLETED"}, extract
-    assert [r["status"] for r in rows_of(r2, "ENCODE_IMAGES")] == ["CACHED"]
-    merge = {r["tag"]: r["status"] for r in rows_of(r2, "MERGE_ACTIVATIONS")}
-    assert merge == {"layer 0 | english": "CACHED", "layer 1 | english": "CACHED",
-                     "layer 4 | english": "COMPLETED"}, merge
-    names = sorted(p.name for p in (second.outdir / "layer_checkpoints").iterdir())
-    assert names == sorted(schema.layer_filename(layer, "english") for layer in (0, 1, 4))
-    meta = json.loads((second.outdir / "extraction_metadata.json").read_text())
-    assert meta["status"] == "passed" and meta["layers"] == [0, 1, 4]
+
+def _extract_status(run) -> dict[str, str]:
+    return {r["tag"]: r["status"] for r in rows_of(run.trace(), "EXTRACT_ACTIVATIONS")}
+
+
+def test_languages_layers_images_stale_files_and_linked_damage(tmp_path, samplesheet):
+    sheet = _own_sheet(tmp_path, samplesheet)
+    common = ("--input", sheet, "--layer_groups", "auto", "--samples_per_task", "0")
+
+    def go(*args):
+        run = run_pipeline(tmp_path, *common, *args, resume=True, timeout=RUN_TIMEOUT)
+        assert_ok(run)
+        return run
+
+    first = go("--layers", "0-1", "--languages", "english")
+    assert _extract_status(first) == {"L0-1_english_s0": "COMPLETED"}
+    out = first.outdir
+    linked = out / "layer_checkpoints" / schema.layer_filename(0, "english")
+    assert linked.stat().st_nlink == 2, "a single-shard file is a hard link to its unit's output (no copy)"
+
+    # adding a language runs only that language
+    second = go("--layers", "0-1", "--languages", "english,arabic")
+    assert _extract_status(second) == {"L0-1_english_s0": "CACHED", "L0-1_arabic_s0": "COMPLETED"}
+    before = {lang: load(out / "layer_checkpoints" / schema.layer_filename(1, lang)) for lang in LANGUAGES}
+
+    # new content behind the same image path re-runs the units that read it, and changes that sample only
+    from PIL import Image
+    target = tmp_path / "images" / Path(sheet_rows(sheet)[3]["image"]).name
+    with Image.open(target) as img:
+        Image.new("RGB", img.size, (250, 10, 200)).save(target)
+    third = go("--layers", "0-1", "--languages", "english,arabic")
+    assert _extract_status(third) == {"L0-1_english_s0": "COMPLETED", "L0-1_arabic_s0": "COMPLETED"}
+    for lang in LANGUAGES:
+        after = load(out / "layer_checkpoints" / schema.layer_filename(1, lang))
+        differs = [i for i in range(N_SAMPLES) if not torch.equal(after["activations"][i], before[lang]["activations"][i])]
+        assert differs == [3], (lang, differs)
+
+    # fewer layers and languages: the earlier files are moved aside, never mixed with this result
+    fourth = go("--layers", "0", "--languages", "english")
+    assert sorted(p.name for p in (out / "layer_checkpoints").iterdir()) == [schema.layer_filename(0, "english")]
+    meta = json.loads((out / "extraction_metadata.json").read_text())
+    assert meta["status"] == "passed" and meta["layers"] == [0] and meta["languages"] == ["english"]
+    assert {r["path"] for r in meta["published"] if r["path"].startswith("layer_checkpoints/")} == {
+        "layer_checkpoints/layer_0_english.pt"}
+    moved = sorted(p.name for p in (out / "superseded").rglob("layer_*.pt"))
+    assert moved == sorted(schema.layer_filename(layer, lang) for layer in (0, 1) for lang in LANGUAGES
+                           if (layer, lang) != (0, "english"))
+
+    # a hard-linked published file damaged in place (its work copy is the same bytes): -resume re-extracts it
+    good = sha256_file(linked)
+    with open(linked, "r+b") as fh:
+        fh.truncate(linked.stat().st_size - 100)
+    fifth = go("--layers", "0", "--languages", "english")
+    assert _extract_status(fifth) == {"L0_english_s0": "COMPLETED"}
+    assert sha256_file(linked) == good
+    assert "was changed since it was published" in fifth.output
+
+    # results survive removing work/ and load with plain torch
+    shutil.rmtree(fifth.workdir)
+    for f in (out / "layer_checkpoints").iterdir():
+        assert f.is_file() and not f.is_symlink()
+        d = torch.load(f, weights_only=True, mmap=True)
+        assert d["activations"].shape[0] == N_SAMPLES
+
+
+def test_unpublishable_outdir_fails_and_is_not_reported_as_passed(tmp_path, full_run):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "layer_checkpoints").write_text("not a folder")
+    run = run_pipeline(full_run.launchdir, workdir=full_run.workdir, outdir=out, resume=True, timeout=RUN_TIMEOUT)
+    assert run.returncode != 0, run.failure_message()
+    assert [r["status"] for r in rows_of(run.trace(), "PUBLISH_RESULTS")] == ["FAILED"]
+    meta = json.loads((out / "extraction_metadata.json").read_text())
+    assert meta["status"] in ("FAILED", "incomplete"), meta
+    assert "completed successfully" not in run.output
 
 
 # -- 6. bad parameters and samplesheets fail before any extraction ---------------------------------
@@ -384,6 +486,8 @@ BAD_PARAMS = {
     "missing_input": (["--input", "/nonexistent.csv"], ["--input", "/nonexistent.csv"], False),
     "bad_enum": (["--layout", "zigzag"], ["--layout", "zigzag", "padded"], False),
     "unknown_parameter": (["--langauges", "english"], ["--langauges", "--languages"], False),
+    "symlink_publishing": (["--publish_dir_mode", "symlink"], ["--publish_dir_mode", "symlink", "link"], False),
+    "move_publishing": (["--publish_dir_mode", "move"], ["--publish_dir_mode", "move", "copy"], False),
 }
 
 
@@ -398,6 +502,9 @@ def _assert_failed_early(run, needles, in_preflight):
         f"tasks beyond PREFLIGHT ran: {[r['name'] for r in rows]}"
     if in_preflight is True:
         assert [r["status"] for r in rows_of(rows, "PREFLIGHT")] == ["FAILED"], rows
+        # the summary names the error itself, not a traceback or a progress bar
+        summary = [ln for ln in text.splitlines() if ln.strip().startswith("error      :")]
+        assert summary and needles[0].lower() in summary[-1].lower(), (summary, needles)
     elif in_preflight is False:  # caught by the parameter check: nothing submitted at all
         assert rows == [] and "Submitted process" not in text, [r["name"] for r in rows]
     layer_dir = run.outdir / "layer_checkpoints"
@@ -419,3 +526,32 @@ def test_bad_samplesheet_fails_in_preflight(tmp_path, samplesheet, case):
     sheet = _sheet(tmp_path, samplesheet, edit)
     run = run_pipeline(tmp_path, "--input", sheet, timeout=ERROR_TIMEOUT)
     _assert_failed_early(run, needles, True)
+
+
+# -- 7. all layers of a language at once, memory-mapped (no combined file needed) -------------------
+def _mapped_file(ptr: int) -> str | None:
+    """The file whose mapping holds address `ptr` in this process (/proc/self/maps), if any."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        parts = line.split(None, 5)
+        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+        if lo <= ptr < hi:
+            return parts[5].strip() if len(parts) == 6 else None
+    return None
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_open_layers_maps_every_layer_without_copying(full_run, language):
+    from layerwise.loader import open_layers
+
+    run = open_layers(full_run.outdir, language)
+    assert run["layers"] == list(range(NUM_LAYERS))
+    for layer in range(NUM_LAYERS):
+        path = full_run.outdir / "layer_checkpoints" / schema.layer_filename(layer, language)
+        d = load(path)
+        acts = run["activations"][layer]
+        assert torch.equal(acts, d["activations"]) and torch.equal(run["nan_counts"][layer], d["nan_counts"])
+        # the tensor's bytes are the file's pages (an mmap of the published file), not a copy in RAM
+        assert _mapped_file(acts.untyped_storage().data_ptr()) == str(path.resolve()), layer
+    first = load(full_run.outdir / "layer_checkpoints" / schema.layer_filename(0, language))
+    for key in ("sample_ids", "genders", "lengths", "token_ids", "token_kinds"):
+        assert (torch.equal(run[key], first[key]) if isinstance(first[key], torch.Tensor) else run[key] == first[key])

@@ -4,7 +4,7 @@ applied by -c on top of the ncc profile itself (docs/slurm-ci.md).
 
   a. the tiny-fixture run through the slurm executor publishes the same tensors and metadata as a
      local `-profile test` run with the same parameters;
-  b. GPU-labelled tasks (ENCODE_IMAGES, EXTRACT_ACTIVATIONS) were submitted to partition gpu with
+  b. GPU-labelled tasks (EXTRACT_ACTIVATIONS) were submitted to partition gpu with
      --gres=gpu:a100:1 (their .command.run, the controller's job records, and the job environment:
      CUDA_VISIBLE_DEVICES=0); the other tasks went to partition cpu without a gres;
   c. an extraction job cancelled with scancel after its first checkpoint is retried (continuing from
@@ -12,7 +12,7 @@ applied by -c on top of the ncc profile itself (docs/slurm-ci.md).
 
 Needs root (the cluster script installs and starts the daemons); not root fails, unless
 LAYERWISE_SKIP_SLURM=1 skips the module explicitly. Slow: about 6.5 minutes on 2 cores (two full runs on
-the cluster, 3.5 minutes each: the node has a single fake GPU, so the 10 GPU jobs of a run go one at a
+the cluster, 3.5 minutes each: the node has a single fake GPU, so the 8 GPU jobs of a run go one at a
 time, as on a real one-GPU node; the local reference run overlaps the first).
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.pipeline]
 
 OVERLAY = ROOT / "conf" / "slurm_local.config"
 CLUSTER_SCRIPT = ROOT / "scripts" / "slurm-cluster.sh"
-GPU_PROCESSES = {"ENCODE_IMAGES", "EXTRACT_ACTIVATIONS"}
+GPU_PROCESSES = {"EXTRACT_ACTIVATIONS"}
 GRES = "gpu:a100:1"
 RUN_TIMEOUT = 1200       # seconds for one run on the cluster (about 4 minutes on an idle 2-core node)
 POLL = 1.5               # seconds between two snapshots of the controller's job records
@@ -306,9 +306,10 @@ def _parquet_records(path: Path) -> list[dict]:
 
 def _metadata_json(path: Path) -> dict:
     """extraction_metadata.json without the per-run parts (creation time, per-job timings and resume
-    counters: extraction / image_encoding)."""
+    counters: extraction / image_encoding; the run's name; where each published file came from)."""
     data = json.loads(path.read_text())
-    return {k: v for k, v in data.items() if k not in ("created_utc", "extraction", "image_encoding")}
+    data["published"] = sorted((r["path"], r["sha256"]) for r in data.get("published", []))
+    return {k: v for k, v in data.items() if k not in ("created_utc", "extraction", "image_encoding", "run_name")}
 
 
 def published(run: PipelineRun) -> dict[str, Path]:
@@ -398,12 +399,12 @@ def test_slurm_run_matches_local_run(runs):
 
 
 def test_gpu_tasks_got_partition_gpu_and_the_a100_gres(runs):
-    """b. ENCODE_IMAGES / EXTRACT_ACTIVATIONS: #SBATCH -p gpu + --gres=gpu:a100:1 in .command.run, the
+    """b. EXTRACT_ACTIVATIONS: #SBATCH -p gpu + --gres=gpu:a100:1 in .command.run, the
     controller's record (Partition=gpu, TresPerNode=gres:gpu:a100:1, GPU index 0 while running) and the
     job environment (CUDA_VISIBLE_DEVICES=0, SLURM_JOB_PARTITION=gpu)."""
     slurm = runs["slurm"]
     gpu_rows = [r for r in trace_of(slurm) if proc_name(r) in GPU_PROCESSES]
-    assert {proc_name(r) for r in gpu_rows} == GPU_PROCESSES and len(gpu_rows) == 10
+    assert {proc_name(r) for r in gpu_rows} == GPU_PROCESSES and len(gpu_rows) == 8
     for row in gpu_rows:
         job, wd = row["native_id"], row["workdir"]
         lines = sbatch_lines(wd)
@@ -424,10 +425,10 @@ def test_gpu_tasks_got_partition_gpu_and_the_a100_gres(runs):
 
 
 def test_cpu_tasks_got_partition_cpu_without_gres(runs):
-    """b. PREFLIGHT, MERGE, COMBINE, VALIDATE: partition cpu, no gres, no CUDA_VISIBLE_DEVICES from SLURM."""
+    """b. PREFLIGHT, PUBLISH_RESULTS: partition cpu, no gres, no CUDA_VISIBLE_DEVICES from SLURM."""
     slurm = runs["slurm"]
     cpu_rows = [r for r in trace_of(slurm) if proc_name(r) not in GPU_PROCESSES]
-    assert len(cpu_rows) == 1 + 12 + 2 + 1
+    assert len(cpu_rows) == 1 + 1
     for row in cpu_rows:
         job, wd = row["native_id"], row["workdir"]
         lines = sbatch_lines(wd)
@@ -461,7 +462,7 @@ def test_scancelled_extraction_is_retried_or_resumed_with_identical_outputs(runs
         assert len(match) == 1, f"no queued job for {workdir}:\n{queue}"
         job, state, _, name = match[0]
         assert state == "R" and "EXTRACT_ACTIVATIONS" in name, match[0]
-        assert (Path(workdir) / ".partial" / "progress.pt").is_file(), "no checkpoint before the cancel"
+        assert list(Path(workdir).glob("*/.partial/progress.json")), "no checkpoint before the cancel"
         subprocess.run(["scancel", job], check=True)
         cancelled.update(job=job, name=name, workdir=workdir, done=done)
         print(f"\n[slurm] scancel {job} ({name}, RUNNING, checkpoint after sample {done}) in {workdir}")

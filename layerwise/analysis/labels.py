@@ -46,3 +46,28 @@ def fold_splits(y: np.ndarray, folds: int, seed: int, groups: np.ndarray | None 
         return list(cv.split(np.zeros(len(y)), y, groups))
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     return list(cv.split(np.zeros(len(y)), y))
+
+
+def groups_from_samplesheet(path) -> dict[str, str]:
+    """sample_id -> image group from a samplesheet (its `image_sha256` column, else `image`).
+
+    With groups, no image is in both the training and the test folds: samples that share an image
+    would otherwise let a probe of the image view recognise the image instead of decoding gender.
+    """
+    import csv
+    from pathlib import Path
+
+    from ..errors import LayerwiseError
+
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            cols = reader.fieldnames or []
+            key = "image_sha256" if "image_sha256" in cols else "image"
+            if "sample_id" not in cols or key not in cols:
+                raise LayerwiseError(f"samplesheet {path} needs the columns sample_id and image (or image_sha256) "
+                                     f"to group samples by image; it has {cols}")
+            return {row["sample_id"]: row[key] for row in reader}
+    except OSError as exc:
+        raise LayerwiseError(f"cannot read samplesheet {path}: {exc.strerror or exc}") from None

@@ -24,8 +24,9 @@ PROBE_COLUMNS = KEY + ["accuracy", "accuracy_std", "control_accuracy", "control_
                        "chance", "n_samples", "classes", "n_folds", "n_permutations", "not_converged"]
 DIRECTION_COLUMNS = KEY + ["n_samples", "classes", "class_a", "class_b", "direction_norm", "effect_size",
                            "heldout_effect_size", "heldout_effect_size_std", "other_language",
-                           "direction_cosine", "n_aligned", "within_accuracy", "transfer_accuracy",
-                           "transfer_std"]
+                           "direction_cosine", "direction_cosine_control", "direction_cosine_control_std",
+                           "direction_cosine_p", "n_aligned", "within_accuracy", "transfer_accuracy",
+                           "transfer_std", "centered_transfer_accuracy", "centered_transfer_std"]
 CKA_COLUMNS = ["layer_a", "layer_b", "language", "view", "cka", "adjacent", "n_samples"]
 CROSSLINGUAL_COLUMNS = ["layer", "view", "language_a", "language_b", "n_samples", "matched_cosine",
                         "matched_cosine_std", "mismatched_cosine", "mismatched_cosine_std", "cosine_gap",

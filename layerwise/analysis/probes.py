@@ -14,6 +14,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 MAX_ITER = 1000
 
@@ -33,8 +34,13 @@ def _fit_score(X_train, y_train, X_test, y_test, C, seed) -> tuple[float, int]:
 
 
 def cv_scores(X: np.ndarray, y: np.ndarray, splits, C: float = 1.0, seed: int = 0) -> tuple[np.ndarray, int]:
-    """Per-fold held-out accuracy and the number of fits that did not converge."""
-    out = [_fit_score(X[tr], y[tr], X[te], y[te], C, seed) for tr, te in splits]
+    """Per-fold held-out accuracy and the number of fits that did not converge.
+
+    BLAS/OpenMP run single-threaded here: the fits are small and many, and threads only contend
+    (parallelism belongs at the permutation level, `n_jobs`).
+    """
+    with threadpool_limits(limits=1):
+        out = [_fit_score(X[tr], y[tr], X[te], y[te], C, seed) for tr, te in splits]
     return np.array([a for a, _ in out]), sum(w for _, w in out)
 
 
@@ -81,17 +87,22 @@ def probe(X: np.ndarray, y: np.ndarray, splits, *, permutations: int = 20, seed:
 
 
 def transfer_scores(X_src: np.ndarray, X_dst: np.ndarray, y: np.ndarray, splits, C: float = 1.0, seed: int = 0
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Rows aligned by sample: per fold, train on X_src[train]; accuracy on X_src[test] and on X_dst[test].
+                    ) -> dict[str, np.ndarray]:
+    """Rows aligned by sample: per fold, train on X_src[train] and score the held-out samples.
 
-    Testing on the held-out samples only keeps the same image (shared by both languages) out of
-    the training set, so transfer measures a shared gender code, not a remembered sample.
+    Returns per-fold accuracies: ``within`` (X_src[test]), ``transfer`` (X_dst[test], as is) and
+    ``centered_transfer`` (X_dst[test] shifted by mean(X_src[train]) - mean(X_dst[train]): the
+    language's offset removed without labels). Testing on held-out samples only keeps the image
+    that both languages share out of training, so transfer measures a shared gender code, not a
+    remembered sample.
     """
-    within, across = [], []
-    for tr, te in splits:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
+    out: dict[str, list[float]] = {"within": [], "transfer": [], "centered_transfer": []}
+    with threadpool_limits(limits=1), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for tr, te in splits:
             model = make_probe(C, seed).fit(X_src[tr], y[tr])
-        within.append(float((model.predict(X_src[te]) == y[te]).mean()))
-        across.append(float((model.predict(X_dst[te]) == y[te]).mean()))
-    return np.array(within), np.array(across)
+            shift = X_src[tr].mean(axis=0) - X_dst[tr].mean(axis=0)
+            out["within"].append(float((model.predict(X_src[te]) == y[te]).mean()))
+            out["transfer"].append(float((model.predict(X_dst[te]) == y[te]).mean()))
+            out["centered_transfer"].append(float((model.predict(X_dst[te] + shift) == y[te]).mean()))
+    return {k: np.array(v) for k, v in out.items()}

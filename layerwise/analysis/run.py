@@ -199,7 +199,6 @@ def analyze(layer_files: list[Path], out_dir: Path, sae_dirs: dict | None = None
     try:
         for layer in layers:
             pooled: dict[str, dict] = {}
-            dirs: dict[tuple[str, str], np.ndarray] = {}
             base_dir_rows: dict[tuple[str, str], dict] = {}
             encoder = None
             if layer in sae_dirs:
@@ -234,7 +233,7 @@ def analyze(layer_files: list[Path], out_dir: Path, sae_dirs: dict | None = None
                                   "the view, or NaN/Inf among its rows", layer, lang, view, "views")
                 pooled[lang] = views
                 for view, p in views.items():
-                    _per_view(layer, lang, view, lf, p, opts, notes, timer, probe_rows, base_dir_rows, dirs)
+                    _per_view(layer, lang, view, lf, p, opts, notes, timer, probe_rows, base_dir_rows)
                     with timer("cka_gram"):
                         rows = cka_rows[lang]
                         grams.put(lang, view, layer, p.vectors[rows], p.valid[rows])
@@ -256,9 +255,9 @@ def analyze(layer_files: list[Path], out_dir: Path, sae_dirs: dict | None = None
                             df["classes"] = class_counts(y, opts.classes)
                             sae_frames.append(df)
             with timer("crosslingual"):
-                _cross_language(layer, by_layer[layer], pooled, dirs, base_dir_rows, opts, notes, cross_rows,
+                _cross_language(layer, by_layer[layer], pooled, base_dir_rows, opts, notes, cross_rows,
                                 direction_rows, binary)
-            del pooled, dirs, encoder
+            del pooled, encoder
         with timer("cka_pairs"):
             cka_rows_out = []
             for lang, view in grams.keys():
@@ -307,7 +306,7 @@ def analyze(layer_files: list[Path], out_dir: Path, sae_dirs: dict | None = None
 
 
 def _per_view(layer, lang, view, lf: LayerFile, p, opts: Options, notes: Notes, timer: Timer,
-              probe_rows: list, base_dir_rows: dict, dirs: dict) -> None:
+              probe_rows: list, base_dir_rows: dict) -> None:
     """Probe and direction of one (layer, language, view)."""
     idx, y = encode_labels(lf.genders, opts.classes, p.valid)
     why = usable(y, len(opts.classes), opts.folds)
@@ -331,7 +330,6 @@ def _per_view(layer, lang, view, lf: LayerFile, p, opts: Options, notes: Notes, 
     with timer("directions"):
         d = directions.mean_difference(X, y)
         held, held_std = directions.heldout_effect_size(X, y, splits)
-        dirs[(lang, view)] = d
         base_dir_rows[(lang, view)] = {
             "layer": layer, "language": lang, "view": view, "n_samples": len(y), "classes": classes,
             "class_a": opts.classes[0], "class_b": opts.classes[1], "direction_norm": float(np.linalg.norm(d)),
@@ -351,7 +349,7 @@ def _aligned(lf_a: LayerFile, lf_b: LayerFile, valid_a, valid_b) -> tuple[np.nda
     return np.array(ia, dtype=np.int64), np.array(ib, dtype=np.int64)
 
 
-def _cross_language(layer, files: dict[str, LayerFile], pooled: dict, dirs: dict, base_dir_rows: dict,
+def _cross_language(layer, files: dict[str, LayerFile], pooled: dict, base_dir_rows: dict,
                     opts: Options, notes: Notes, cross_rows: list, direction_rows: list, binary: bool) -> None:
     langs = [l for l in pooled]
     partners: dict[tuple[str, str], list[dict]] = defaultdict(list)
@@ -381,24 +379,50 @@ def _cross_language(layer, files: dict[str, LayerFile], pooled: dict, dirs: dict
                 Xa, Xb = pa.vectors[ia[lab_idx]], pb.vectors[ib[lab_idx]]
                 groups = _groups_for(files[la], ia[lab_idx], opts)
                 splits = fold_splits(y, opts.folds, opts.seed, groups)
-                with_a, a_to_b = transfer_scores(Xa, Xb, y, splits, opts.C, opts.seed)
-                with_b, b_to_a = transfer_scores(Xb, Xa, y, splits, opts.C, opts.seed)
-                stats_ab = (len(y), with_a.mean(), a_to_b.mean(), a_to_b.std())
-                stats_ba = (len(y), with_b.mean(), b_to_a.mean(), b_to_a.std())
-            cos = (directions.cosine(dirs[(la, view)], dirs[(lb, view)])
-                   if (la, view) in dirs and (lb, view) in dirs else float("nan"))
+                stats_ab = _transfer_fields(len(y), transfer_scores(Xa, Xb, y, splits, opts.C, opts.seed))
+                stats_ba = _transfer_fields(len(y), transfer_scores(Xb, Xa, y, splits, opts.C, opts.seed))
+            cos = _direction_cosines(Xa, Xb, y, opts) if not why else _direction_cosines(None, None, None, opts)
             for src, dst, st in ((la, lb, stats_ab), (lb, la, stats_ba)):
-                partners[(src, view)].append({
-                    "other_language": dst, "direction_cosine": cos,
-                    "n_aligned": st[0] if st else 0, "within_accuracy": st[1] if st else float("nan"),
-                    "transfer_accuracy": st[2] if st else float("nan"), "transfer_std": st[3] if st else float("nan"),
-                })
+                partners[(src, view)].append({"other_language": dst, **cos, **(st or _transfer_fields(0, None))})
     for key, base in base_dir_rows.items():
-        others = partners.get(key) or [{"other_language": None, "direction_cosine": float("nan"), "n_aligned": 0,
-                                         "within_accuracy": float("nan"), "transfer_accuracy": float("nan"),
-                                         "transfer_std": float("nan")}]
+        others = partners.get(key) or [{"other_language": None, **_direction_cosines(None, None, None, opts),
+                                         **_transfer_fields(0, None)}]
         for other in others:
             direction_rows.append({**base, **other})
+
+
+def _direction_cosines(Xa, Xb, y, opts: Options) -> dict:
+    """Cosine of the two languages' directions on the aligned samples, and its shuffled-label control.
+
+    The control permutes the labels of the aligned samples (the same permutation in both
+    languages): content shared by a sample's two languages (its image) makes even random splits
+    give similar directions, which is the baseline the observed cosine must beat.
+    """
+    nan = float("nan")
+    if Xa is None:
+        return {"direction_cosine": nan, "direction_cosine_control": nan, "direction_cosine_control_std": nan,
+                "direction_cosine_p": nan}
+    cos = directions.cosine(directions.mean_difference(Xa, y), directions.mean_difference(Xb, y))
+    rng = np.random.default_rng([opts.seed, 2])
+    control = np.array([directions.cosine(directions.mean_difference(Xa, yp), directions.mean_difference(Xb, yp))
+                        for yp in (rng.permutation(y) for _ in range(opts.permutations))])
+    if not len(control):
+        return {"direction_cosine": cos, "direction_cosine_control": nan, "direction_cosine_control_std": nan,
+                "direction_cosine_p": nan}
+    return {"direction_cosine": cos, "direction_cosine_control": float(control.mean()),
+            "direction_cosine_control_std": float(control.std()),
+            "direction_cosine_p": (1 + int((control >= cos - 1e-12).sum())) / (1 + len(control))}
+
+
+def _transfer_fields(n: int, scores: dict | None) -> dict:
+    nan = float("nan")
+    if scores is None:
+        return {"n_aligned": n, "within_accuracy": nan, "transfer_accuracy": nan, "transfer_std": nan,
+                "centered_transfer_accuracy": nan, "centered_transfer_std": nan}
+    return {"n_aligned": n, "within_accuracy": float(scores["within"].mean()),
+            "transfer_accuracy": float(scores["transfer"].mean()), "transfer_std": float(scores["transfer"].std()),
+            "centered_transfer_accuracy": float(scores["centered_transfer"].mean()),
+            "centered_transfer_std": float(scores["centered_transfer"].std())}
 
 
 def _summary_facts(layers, languages, opts: Options) -> dict:

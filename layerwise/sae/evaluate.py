@@ -8,7 +8,7 @@ from typing import Any, Sequence
 from .metrics import reconstruction_stats
 from .options import SAEOptions
 from .provider import ActivationProvider
-from .source import LayerSource, open_sources
+from .source import LayerSource, open_sources, select_sources
 from .split import VALIDATION
 
 
@@ -19,11 +19,10 @@ def evaluate_split(sae: Any, layer_files: Sequence[str | os.PathLike | LayerSour
     `options` chooses the rows exactly as for training: `language`, `keep_kinds`/`drop_kinds`,
     `validation_fraction`/`split_seed`, `batch_size` (rows per forward) and `dtype`."""
     options = options or SAEOptions()
-    sources = [s if isinstance(s, LayerSource) else None for s in layer_files]
-    if any(s is None for s in sources):
+    if all(isinstance(s, LayerSource) for s in layer_files):
+        sources = list(layer_files)
+    else:
         sources = open_sources([s.path if isinstance(s, LayerSource) else s for s in layer_files])
-    from .train import select_sources  # light: no SAELens import at module level there either
-
     sources = select_sources(sources, options.language)
     data = ActivationProvider.for_split(sources, options, split, shuffle=False, epochs=1, drop_last=False)
     return {**reconstruction_stats(sae, data, device), "samples": data.num_samples}

@@ -15,6 +15,7 @@ Host memory is the buffer plus about two chunks, whatever the size of the files.
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -69,7 +70,8 @@ class ShuffleBuffer:
         self.capacity, self.generator, self.fill = capacity, generator, 0
         self.rows = torch.empty(capacity, hidden, dtype=dtype)
 
-    def push(self, rows: torch.Tensor) -> torch.Tensor:
+    def push(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        """Store `rows`; returns the rows they displaced (as many, in random order), as blocks."""
         out, i, n = [], 0, rows.shape[0]
         if self.fill < self.capacity:
             take = min(self.capacity - self.fill, n)
@@ -79,44 +81,55 @@ class ShuffleBuffer:
         while i < n:
             m = min(self.capacity, n - i)
             slots = torch.randperm(self.capacity, generator=self.generator)[:m]
-            out.append(self.rows[slots])
-            self.rows[slots] = rows[i:i + m]
+            out.append(self.rows.index_select(0, slots))
+            self.rows.index_copy_(0, slots, rows[i:i + m])
             i += m
-        return torch.cat(out) if out else rows[:0]
+        return out
 
-    def drain(self) -> torch.Tensor:
+    def drain(self) -> list[torch.Tensor]:
         perm = torch.randperm(self.fill, generator=self.generator)
         out = self.rows[:self.fill][perm]
         self.fill = 0
-        return out
+        return [out]
 
 
 class Batcher:
-    """Cuts a stream of row blocks into [batch_size, H] batches of `dtype`."""
+    """Cuts a stream of row blocks into [batch_size, H] batches of `dtype` (one copy per row, which is
+    also the dtype conversion)."""
 
     def __init__(self, batch_size: int, dtype: torch.dtype, drop_last: bool):
         self.batch_size, self.dtype, self.drop_last = batch_size, dtype, drop_last
-        self.pending: list[torch.Tensor] = []
+        self.pending: deque[torch.Tensor] = deque()
         self.count = 0
 
-    def push(self, rows: torch.Tensor) -> Iterator[torch.Tensor]:
-        if rows.shape[0]:
-            self.pending.append(rows)
-            self.count += rows.shape[0]
-        if self.count < self.batch_size:
-            return
-        x = torch.cat(self.pending) if len(self.pending) > 1 else self.pending[0]
-        full = self.count // self.batch_size * self.batch_size
-        for j in range(0, full, self.batch_size):
-            yield x[j:j + self.batch_size].to(self.dtype, copy=True)
-        rest = x[full:]
-        self.pending = [rest.clone()] if rest.shape[0] else []
-        self.count = rest.shape[0]
+    def push(self, blocks: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+        for rows in blocks:
+            if rows.shape[0]:
+                self.pending.append(rows)
+                self.count += rows.shape[0]
+        while self.count >= self.batch_size:
+            yield self._take(self.batch_size)
+
+    def _take(self, n: int) -> torch.Tensor:
+        out = torch.empty(n, self.pending[0].shape[1], dtype=self.dtype)
+        filled = 0
+        while filled < n:
+            head = self.pending[0]
+            take = min(n - filled, head.shape[0])
+            out[filled:filled + take].copy_(head[:take])
+            if take == head.shape[0]:
+                self.pending.popleft()
+            else:
+                self.pending[0] = head[take:]
+            filled += take
+        self.count -= n
+        return out
 
     def finish(self) -> Iterator[torch.Tensor]:
         if self.count and not self.drop_last:
-            yield torch.cat(self.pending).to(self.dtype, copy=True)
-        self.pending, self.count = [], 0
+            yield self._take(self.count)
+        self.pending.clear()
+        self.count = 0
 
 
 class ActivationProvider:
@@ -138,13 +151,15 @@ class ActivationProvider:
         self.drop_last = (epochs is None) if drop_last is None else drop_last
         self.hidden_size = self.sources[0].hidden_size
         self.chunks: list[Chunk] = []
-        self.num_rows = self.num_samples = 0
+        self.num_rows = 0
+        ids: set[str] = set()
         for si, (src, mask) in enumerate(zip(self.sources, sample_masks)):
             counts = src.kept_counts(self.allowed)
             selected = mask & (counts > 0)
             self.chunks += plan_chunks(si, selected, src.stored_rows(), chunk_tokens)
             self.num_rows += int(counts[mask].sum())
-            self.num_samples += int(mask.sum())
+            ids.update(sid for sid, m in zip(src.sample_ids, mask.tolist()) if m)
+        self.num_samples = len(ids)        # distinct sample ids (a sample of several languages counts once)
         self.buffer_tokens = max(1, min(buffer_tokens, self.num_rows))
         self.chunks_read = 0
 
@@ -160,11 +175,12 @@ class ActivationProvider:
                    seed=options.seed if seed is None else seed, chunk_tokens=options.chunk_tokens,
                    buffer_tokens=options.buffer_tokens, drop_last=drop_last)
 
-    def read_chunk(self, chunk: Chunk) -> torch.Tensor:
+    def read_chunk(self, chunk: Chunk) -> Iterator[torch.Tensor]:
+        """The kept rows of one chunk, one block per run of consecutive samples (read in file order)."""
         src = self.sources[chunk.source]
-        parts = [src.read_run(a, b, self.allowed) for a, b in chunk.runs]
         self.chunks_read += 1
-        return torch.cat(parts) if len(parts) > 1 else parts[0]
+        for a, b in chunk.runs:
+            yield src.read_run(a, b, self.allowed)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         if self.num_rows == 0:
@@ -178,10 +194,10 @@ class ActivationProvider:
         while self.epochs is None or epoch < self.epochs:
             order = torch.randperm(len(self.chunks), generator=generator).tolist() if self.shuffle else range(len(self.chunks))
             for ci in order:
-                rows = self.read_chunk(self.chunks[ci])
-                if rows.dtype != file_dtype:
-                    rows = rows.to(file_dtype)
-                yield from batcher.push(buffer.push(rows) if buffer is not None else rows)
+                for rows in self.read_chunk(self.chunks[ci]):
+                    if rows.dtype != file_dtype:
+                        rows = rows.to(file_dtype)
+                    yield from batcher.push(buffer.push(rows) if buffer is not None else [rows])
             epoch += 1
         if buffer is not None:
             yield from batcher.push(buffer.drain())

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from .. import schema
 from ..errors import LayerwiseError
+from .options import POOLED
 
 REQUIRED_KEYS = ("layer", "activations", "hidden_size", "language", "sample_ids", "lengths", "offsets", "layout")
 KINDS_KEY = "token_kinds"
@@ -166,3 +167,13 @@ def group_by_layer(paths: list[str | os.PathLike]) -> dict[int, list[str]]:
             raise LayerwiseError(f"{p}: cannot read the layer file's 'layer' key: {exc}") from exc
         groups.setdefault(layer, []).append(str(p))
     return dict(sorted(groups.items()))
+
+
+def select_sources(sources: Sequence[LayerSource], language: str) -> list[LayerSource]:
+    if language == POOLED:
+        return list(sources)
+    chosen = [s for s in sources if s.language == language]
+    if not chosen:
+        raise LayerwiseError(f"SAE option 'language' is {language!r}, but the layer files given are for "
+                             f"{', '.join(sorted(s.language for s in sources))}")
+    return chosen

@@ -59,6 +59,11 @@ def write_layer_file(path: str | os.PathLike, *, layer: int, language: str, samp
         "layout": layout, "dtype": schema.dtype_name(dtype), "nan_policy": "zero", "model_id": model_id,
         "model_revision": "synthetic", "num_layers": num_layers, "token_kinds": token_kinds,
     }
+    return save_layer_file(path, data)
+
+
+def save_layer_file(path: Path, data: dict) -> Path:
+    """torch.save via a temporary file, fsync'd (so the page cache can be dropped for cold reads)."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
         torch.save(data, fh)
@@ -91,7 +96,7 @@ def planted_rows(layer: int, language: str, sample_id: str, kinds: torch.Tensor,
     g = torch.Generator().manual_seed(_seed("rows", layer, language, sample_id))
     dictionary = planted_dictionary(layer, hidden, n_features)
     mean = torch.linspace(-1, 1, hidden) * (1 + 0.1 * layer)
-    idx = torch.rand(t, n_features, generator=g).argsort(dim=1)[:, :active]
+    idx = torch.randint(0, n_features, (t, active), generator=g)
     coef = 1.0 + 2.0 * torch.rand(t, active, generator=g)
     rows = mean + torch.einsum("ta,tah->th", coef, dictionary[idx]) + noise * torch.randn(t, hidden, generator=g)
     rows[kinds == KIND["bos"]] = BOS_VALUE
@@ -119,3 +124,35 @@ def write_planted_set(out_dir: str | os.PathLike, *, layers: Sequence[int], lang
                 Path(out_dir) / schema.layer_filename(layer, language), layer=layer, language=language,
                 sample_ids=ids, rows=rows, kinds=kinds, layout=layout, dtype=dtype, pad_value=PAD_SENTINEL)
     return out
+
+
+def write_random_padded(path: str | os.PathLike, *, layer: int, language: str, n_samples: int, hidden: int,
+                        image_tokens: int, prompt_tokens: int, caption_tokens: tuple[int, int],
+                        dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> Path:
+    """A large padded layer file fast (benchmarks): Gaussian rows, huge bos rows, sentinel padding."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ids = [f"img{i:05d}" for i in range(n_samples)]
+    lo, hi = caption_tokens
+    kinds = [sample_kinds(image_tokens, prompt_tokens, lo + _seed("cap", language, s) % (hi - lo + 1)) for s in ids]
+    lengths = torch.tensor([k.shape[0] for k in kinds], dtype=torch.int64)
+    t_max = int(lengths.max())
+    token_kinds = torch.full((n_samples, t_max), KIND["pad"], dtype=torch.int8)
+    for i, k in enumerate(kinds):
+        token_kinds[i, :k.shape[0]] = k
+    acts = torch.empty(n_samples, t_max, hidden, dtype=dtype)
+    g = torch.Generator().manual_seed(_seed("random", layer, language, seed))
+    for a in range(0, n_samples, 64):
+        acts[a:a + 64] = torch.randn(min(64, n_samples - a), t_max, hidden, generator=g)
+    acts[token_kinds == KIND["bos"]] = BOS_VALUE
+    acts[token_kinds == KIND["pad"]] = PAD_SENTINEL
+    token_ids = torch.where(token_kinds == KIND["pad"], schema.PAD_TOKEN_ID, 7).to(torch.int64)
+    data = {
+        "layer": layer, "activations": acts, "genders": ["unknown"] * n_samples, "hidden_size": hidden,
+        "language": language, "sample_ids": ids, "lengths": lengths,
+        "offsets": torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]), "token_ids": token_ids,
+        "nan_counts": torch.zeros(n_samples, dtype=torch.int64), "token_selection": "all", "layout": "padded",
+        "dtype": schema.dtype_name(dtype), "nan_policy": "zero", "model_id": "synthetic/gemma-3",
+        "model_revision": "synthetic", "num_layers": 34, "token_kinds": token_kinds,
+    }
+    return save_layer_file(path, data)

@@ -17,12 +17,12 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import LayerwiseError
-from .metrics import reconstruction_stats
-from .options import POOLED, SAEOptions
+from .evaluate import evaluate_split
+from .options import SAEOptions
 from .outputs import (METRICS_FILE, SPLIT_FILE, TRAINING_FILE, partial_folder, publish, sae_folder_name,
                       write_json)
-from .provider import TORCH_DTYPES, ActivationProvider
-from .source import LayerSource, open_sources
+from .provider import ActivationProvider
+from .source import open_sources, select_sources
 from .split import TRAIN, VALIDATION, split_ids
 
 
@@ -33,16 +33,6 @@ def import_sae_lens():
     import sae_lens
 
     return sae_lens
-
-
-def select_sources(sources: Sequence[LayerSource], language: str) -> list[LayerSource]:
-    if language == POOLED:
-        return list(sources)
-    chosen = [s for s in sources if s.language == language]
-    if not chosen:
-        raise LayerwiseError(f"SAE option 'language' is {language!r}, but the layer files given are for "
-                             f"{', '.join(sorted(s.language for s in sources))}")
-    return chosen
 
 
 def hook_name(layer: int) -> str:
@@ -145,13 +135,12 @@ def train_layer_sae(layer_files: Sequence[str | os.PathLike], out_dir: str | os.
     ids = split_ids((sid for s in sources for sid in s.sample_ids), options.validation_fraction, options.split_seed)
     records = []
     for split in (TRAIN, VALIDATION):
-        data = ActivationProvider.for_split(sources, options, split, shuffle=False, epochs=1, drop_last=False)
-        stats = reconstruction_stats(inference, data, device)
+        stats = evaluate_split(inference, sources, options, split, device)
         records.append({
             "layer": layer, "language": options.language, "languages": ",".join(languages),
             "architecture": options.architecture, "d_in": d_in, "d_sae": d_sae,
             "k": options.k if options.architecture == "topk" else 0, "split": split,
-            "samples": len(ids[split]), **stats, "tokens_seen": trainer.n_training_samples,
+            **stats, "tokens_seen": trainer.n_training_samples,
             "epochs_seen": trainer.n_training_samples / train_data.num_rows, "sae_dir": final.name})
     write_json(part / SPLIT_FILE, {
         "layer": layer, "language": options.language, "languages": languages,

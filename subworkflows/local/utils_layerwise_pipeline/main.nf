@@ -140,7 +140,7 @@ def completionSummary(Map settings) {
     if (workflow.success && workflow.stats.ignoredCount)
         lines << "  ${c.yellow}${workflow.stats.ignoredCount} task(s) failed and were ignored${c.reset}"
     if (!workflow.success) {
-        lines << "  error      : ${workflow.errorMessage?.readLines()?.find() ?: workflow.exitStatus}"
+        lines << "  error      : ${LayerwiseUtils.errorLine(workflow.errorMessage) ?: workflow.exitStatus}"
         lines << "  Fix the cause, then resume (finished tasks are reused):"
         lines << "    ${LayerwiseUtils.resumeCommand(workflow.commandLine)}"
     }
