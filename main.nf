@@ -30,6 +30,7 @@ workflow {
         PIPELINE_INITIALISATION.out.digest_all,
         PIPELINE_INITIALISATION.out.digest_core,
         PIPELINE_INITIALISATION.out.outdir,
+        PIPELINE_INITIALISATION.out.image_cache,
     )
 
     // All versions.yml -> pipeline_info/software_versions.yml

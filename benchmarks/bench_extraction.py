@@ -8,10 +8,14 @@ Figures (see benchmarks/README.md for what each one means and its goal):
 
   [a] extraction throughput of all layers (run_unit: inputs, forward, gather, writing) against a
       bare `model.model(..., output_hidden_states=True)` loop over the same inputs and batch size;
-  [b] bytes written (sum of the final .pt files) against the payload, ragged and padded layouts;
+  [b] bytes written by the write-once writer (layerfile.LayerFileStream: each layer file is streamed
+      once into its final .pt) against the payload, ragged and padded layouts: measured as the sum
+      of the final files' sizes (os.stat), cross-checked with the kernel's /proc/self/io counters
+      (wchar, write_bytes) over the whole run_unit;
   [c] peak host memory at N and 4N samples, each in a fresh process (ru_maxrss and sampled RssAnon);
-  [d] vision-tower images per simulated pipeline run (2 languages x 2 layer groups x 2 shards),
-      with and without the compute diet (encode_images once per shard);
+  [d] vision-tower images: one unit without `image_cache` against two units of the same shard
+      (both languages) sharing one `image_cache`, and per simulated pipeline run (2 languages x 2
+      layer groups x 2 shards) without and with the shared cache (images.shared_features);
   [e] decoder-layer forwards of a 4-group layer split against the default single group.
 
 Everything runs on the CPU with random weights; no network. Timing figures of the tiny model are
@@ -144,6 +148,20 @@ def final_bytes(out_dir: Path) -> int:
     return sum(p.stat().st_size for p in Path(out_dir).glob("layer_*.pt"))
 
 
+def proc_io() -> dict[str, int]:
+    """This process's I/O counters (/proc/self/io): wchar = bytes passed to write(), write_bytes =
+    bytes the kernel accounted to storage (page-rounded); {} where the kernel does not provide them."""
+    try:
+        with open("/proc/self/io") as fh:
+            return {k: int(v) for k, _, v in (line.partition(": ") for line in fh.read().splitlines()) if v}
+    except (OSError, ValueError):
+        return {}
+
+
+def io_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before[k] for k in before if k in after}
+
+
 # ------------------------------------------------------------------------------------ [a] + [b]
 def bench_throughput(args, loaded, model_dir, samplesheet, work) -> dict:
     import torch
@@ -179,13 +197,16 @@ def bench_throughput(args, loaded, model_dir, samplesheet, work) -> dict:
             ext.forward(b, pre.layers)
 
     summaries: dict[str, list[dict]] = {"padded": [], "ragged": []}
+    io_runs: dict[str, list[dict]] = {"padded": [], "ragged": []}
 
     def unit(layout: str):
         def go():
             out = work / f"a_unit_{layout}"
             shutil.rmtree(out, ignore_errors=True)
-            summaries[layout].append(run_unit(unit_cfg(model_dir, samplesheet, out, rows=rows, batch_size=bs,
-                                                       layout=layout), loaded=loaded))
+            cfg = unit_cfg(model_dir, samplesheet, out, rows=rows, batch_size=bs, layout=layout)
+            before = proc_io()
+            summaries[layout].append(run_unit(cfg, loaded=loaded))
+            io_runs[layout].append(io_delta(before, proc_io()))
         return go
 
     variants = {"encode": encode_only, "bare": bare_base, "full": bare_full, "capture": capture_only,
@@ -217,8 +238,9 @@ def bench_throughput(args, loaded, model_dir, samplesheet, work) -> dict:
     say(f"[a] layerwise capture+early exit (Extractor.forward), forward only:      {rate('capture')}")
     say(f"[a] EXTRACTION run_unit, all {L} layers, selection=all, layout=padded:    {rate('unit_padded')}")
     say(f"[a] EXTRACTION run_unit, all {L} layers, selection=all, layout=ragged:    {rate('unit_ragged')}")
-    say(f"[a]   of which run_unit's extraction loop (summary 'seconds': encode+forward+gather+append): "
-        f"{loop_s * 1000:.1f} ms; preflight + finish (final .pt writing) + summary: {(t_unit - loop_s) * 1000:.1f} ms")
+    say(f"[a]   of which run_unit's extraction loop (summary 'seconds': encode+forward+gather+append to the final "
+        f"files): {loop_s * 1000:.1f} ms; preflight + plan_layout + writer set-up + finish() (small tensors, zip "
+        f"directory, fsync, rename) + summary: {(t_unit - loop_s) * 1000:.1f} ms")
     other = t_unit - t_encode - t_capture
     say(f"[a]   breakdown of run_unit (padded, medians): encoding {t_encode / t_unit:5.1%}, forward {t_capture / t_unit:5.1%}, "
         f"gather/copy/append/preflight/finish {other / t_unit:5.1%}")
@@ -232,12 +254,13 @@ def bench_throughput(args, loaded, model_dir, samplesheet, work) -> dict:
     loops = [x["seconds"] for x in summaries["padded"][1:]]
     ratio_loop = statistics.median((times["encode"][i] + times["bare"][i]) / loops[i] for i in range(r))
     say(f"[a] ratio steady state, run_unit's per-batch loop only (summary 'seconds') vs encoding+model.model: "
-        f"{ratio_loop:.3f}; fixed cost per unit (preflight, writer set-up, finish() with one fsync per layer file, "
-        f"scratch removal): {(t_unit - loop_s) * 1000:.1f} ms, i.e. {(t_unit - loop_s) / n * 1000:.2f} ms per sample at N={n}")
+        f"{ratio_loop:.3f}; fixed cost per unit (preflight, plan_layout, writer set-up, finish() with one fsync per "
+        f"layer file, scratch removal): {(t_unit - loop_s) * 1000:.1f} ms, i.e. {(t_unit - loop_s) / n * 1000:.2f} ms per sample at N={n}")
     say(f"[a] ratio capture/bare, forward only (Extractor.forward vs model.model): {ratio_fwd:.3f}")
     say(f"[a] ratio run_unit padded / bare forward-only model.model (baseline without input encoding): {ratio_unit_vs_fwd:.3f}")
 
-    # [b] bytes written vs payload
+    # [b] bytes written vs payload. Primary method (as before): the sizes of the final files (os.stat),
+    # which for the write-once writer are also the bytes it wrote; cross-check: /proc/self/io over run_unit.
     import torch as _t
     dsize = _t.empty((), dtype=loaded.dtype).element_size()
     results = {}
@@ -245,28 +268,42 @@ def bench_throughput(args, loaded, model_dir, samplesheet, work) -> dict:
         out = work / f"a_unit_{layout}"
         written = final_bytes(out)
         payload = s["positions_kept"] * L * pre.hidden_size * dsize
-        data = _t.load(out / f"layer_{pre.layers[0]}_english.pt", weights_only=True, mmap=True)
+        first = out / f"layer_{pre.layers[0]}_english.pt"
+        data = _t.load(first, weights_only=True, mmap=True)
         acts = data["activations"].numel() * dsize
         ids = data["token_ids"].numel() * 8
+        kinds = data["token_kinds"].numel() * 1
         small = (data["lengths"].numel() + data["offsets"].numel() + data["nan_counts"].numel()) * 8
-        one = (out / f"layer_{pre.layers[0]}_english.pt").stat().st_size
-        results[layout] = dict(written=written, payload=payload, ratio=written / payload,
-                               acts=acts, ids=ids, small=small, other=one - acts - ids - small, one=one)
+        one = first.stat().st_size
+        one_payload = s["positions_kept"] * pre.hidden_size * dsize
+        io = io_runs[layout][-1]
+        results[layout] = dict(written=written, payload=payload, ratio=written / payload, acts=acts, ids=ids,
+                               kinds=kinds, small=small, other=one - acts - ids - kinds - small, one=one,
+                               one_payload=one_payload, proc_io=io)
         assert written == s["bytes_written"], (written, s["bytes_written"])
-        say(f"[b] {layout:6s}: bytes written {written:>12,d} (sum of {L} final .pt) vs payload {payload:>12,d} "
+        say(f"[b] {layout:6s}: bytes written {written:>12,d} (sum of {L} final .pt, os.stat) vs payload {payload:>12,d} "
             f"(positions {s['positions_kept']} x layers {L} x hidden {pre.hidden_size} x {dsize} B): "
             f"ratio {written / payload:.4f}" + (f"  (goal <= {GOAL_BYTES}: {verdict(written / payload <= GOAL_BYTES)})"
                                                   if layout == "ragged" else ""))
-        say(f"[b] {layout:6s}: one file = activations {acts:,d} + token_ids (int64) {ids:,d} + lengths/offsets/"
-            f"nan_counts {small:,d} + pickle/zip/metadata {one - acts - ids - small:,d} bytes; "
-            f"ratio without token_ids {(written - L * ids) / payload:.4f}")
+        say(f"[b] {layout:6s}: per layer file {one:,d} bytes vs its payload {one_payload:,d}: ratio "
+            f"{one / one_payload:.4f}; = activations {acts:,d} + token_ids (int64) {ids:,d} + token_kinds (int8) "
+            f"{kinds:,d} + lengths/offsets/nan_counts {small:,d} + pickle/zip/metadata "
+            f"{one - acts - ids - kinds - small:,d} bytes; ratio without token_ids/kinds "
+            f"{(written - L * (ids + kinds)) / payload:.4f}")
+        if io:
+            say(f"[b] {layout:6s}: kernel /proc/self/io over the whole run_unit: wchar {io['wchar']:,d} B passed to "
+                f"write() = {io['wchar'] / written:.4f}x the final files (each byte written once; the rest is "
+                f"summary.json and progress), write_bytes {io['write_bytes']:,d} B accounted to storage = "
+                f"{io['write_bytes'] / written:.4f}x (rounded up to 4 KiB pages per file)")
+        else:
+            say(f"[b] {layout:6s}: kernel /proc/self/io: not available on this kernel")
     rg = results["ragged"]
     per_pos = s_rag["positions_kept"]
     fixed = rg["small"] + rg["other"]
-    # The same files for Gemma-3-4B in bf16 (row 2560 x 2 B, token id 8 B) over the same positions.
-    proj = (per_pos * (2560 * 2 + 8) + fixed) / (per_pos * 2560 * 2)
-    say(f"[b] ragged: projected ratio for Gemma-3-4B bf16 rows (5120 B + 8 B token id per position, same fixed "
-        f"per-file overhead, {per_pos} positions/file): {proj:.4f}")
+    # The same files for Gemma-3-4B in bf16 (row 2560 x 2 B, token id 8 B, kind 1 B) over the same positions.
+    proj = (per_pos * (2560 * 2 + 8 + 1) + fixed) / (per_pos * 2560 * 2)
+    say(f"[b] ragged: projected ratio for Gemma-3-4B bf16 rows (5120 B + 8 B token id + 1 B token kind per position, "
+        f"same fixed per-file overhead, {per_pos} positions/file): {proj:.4f}")
     return dict(tokens=tokens, seconds=times, ratio_e2e=ratio_e2e, ratio_e2e_ragged=ratio_rag, ratio_loop=ratio_loop,
                 ratio_forward_only=ratio_fwd, bytes=results, bytes_ratio_ragged=rg["ratio"], projected_4b_ratio=proj)
 
@@ -361,59 +398,76 @@ def bench_memory(args, model_dir, samplesheet, work) -> dict:
             f"(4N run; RssAnon peak after loading {mb(b['after_model_load']['RssAnon'])}): extraction adds "
             f"{mb(max(0, b['peak']['VmHWM'] - b['after_model_load']['VmHWM']))} to the process peak")
         out[layout] = dict(n=a, n4=b, growth_summary=g_sum, growth_anon=g_anon, payload_growth=payload_growth)
-    say("[c] note: ru_maxrss (summary.json's peak_host_memory_bytes) counts file-backed pages too: the mmap'd "
-        "scratch rows and padded buffer that finish() assembles are page cache the kernel can drop or write back "
-        "under pressure, so the anonymous RSS is the figure that shows memory that really grows with N.")
+    say("[c] note: ru_maxrss (summary.json's peak_host_memory_bytes) counts file-backed pages too (the model's "
+        "mmap'd safetensors); the write-once writer maps nothing (rows go through write() into page cache, which "
+        "is not in RSS), so growth with N shows up in RssAnon: the figure that shows memory that really grows.")
     return out
 
 
 # ------------------------------------------------------------------------------------ [d]
 def bench_vision(args, loaded, model_dir, samplesheet, work) -> dict:
     from layerwise.extract import run_unit
-    from layerwise.images import encode_images
     from layerwise.layers import split_layer_groups
     from layerwise.plan import make_shards
-    from layerwise.samplesheet import iter_samples, read_samplesheet
 
     n = args.samples
-    table = read_samplesheet(samplesheet, list(LANGUAGES))
     shards = make_shards(n, max(1, n // 2))
     groups = split_layer_groups(list(range(loaded.num_layers)), 2)
     units = [(g, lang, s) for g in groups for lang in LANGUAGES for s in shards]
+    fingerprint = "bench-extraction-random-init"   # what PREFLIGHT passes as --model-fingerprint
 
-    def pipeline(diet: bool) -> dict:
+    def one(tag: str, layers: list[int], lang: str, rows: str, cache: Path | None) -> dict:
+        out = work / f"d_{tag}_{layers[0]}_{lang}_{rows.replace(':', '-')}"
+        summary = run_unit(unit_cfg(model_dir, samplesheet, out, language=lang, rows=rows,
+                                    layers=f"{layers[0]}-{layers[-1]}", batch_size=args.batch_size,
+                                    image_cache=str(cache) if cache else None, model_fingerprint=fingerprint),
+                           loaded=loaded)
+        shutil.rmtree(out, ignore_errors=True)
+        fill = summary.get("image_features") or {}
+        return dict(total=summary["vision_tower_images"], fill=fill.get("vision_tower_images", 0),
+                    hit=fill.get("cache_hit"), samples=summary["samples"])
+
+    # One unit without a cache against two units of the same shard (both languages) sharing one cache.
+    rows0 = shards[0]["rows"]
+    n0 = int(rows0.split(":")[1]) - int(rows0.split(":")[0])
+    all_layers = list(range(loaded.num_layers))
+    alone = one("alone", all_layers, LANGUAGES[0], rows0, None)
+    pair_cache = work / "d_pair_cache"
+    pair = [one("pair", all_layers, lang, rows0, pair_cache) for lang in LANGUAGES]
+    shutil.rmtree(pair_cache, ignore_errors=True)
+    pair_total = sum(u["total"] for u in pair)
+    say(f"[d] one unit without image_cache (shard 0, rows {rows0}, {n0} image(s), {LANGUAGES[0]}): vision-tower "
+        f"images {alone['total']}; two units of that shard ({' + '.join(LANGUAGES)}) sharing one image_cache: "
+        f"vision-tower images {pair_total} ({pair[0]['total']} in the first, which fills the cache: "
+        f"{pair[0]['fill']}; {pair[1]['total']} in the second, cache hit {pair[1]['hit']}) = "
+        f"{pair_total / n0:.1f} per distinct image (without the cache the two would run {2 * alone['total']})")
+
+    def pipeline(shared: bool) -> dict:
         started = time.perf_counter()
-        encoded, features = 0, {}
-        if diet:
-            for s in shards:
-                start, end = map(int, s["rows"].split(":"))
-                samples = list(iter_samples(table, None, range(start, end)))
-                path = work / f"d_features_{s['index']}.pt"
-                enc = encode_images(loaded, samples, path, batch_size=args.batch_size)
-                encoded += enc["vision_tower_images"]
-                features[s["index"]] = str(path)
-        in_units = 0
+        cache = work / "d_cache" if shared else None
+        fills = in_units = hits = 0
         for g, lang, s in units:
-            out = work / f"d_{'diet' if diet else 'plain'}_{g[0]}_{lang}_{s['index']}"
-            summary = run_unit(unit_cfg(model_dir, samplesheet, out, language=lang, rows=s["rows"],
-                                        layers=f"{g[0]}-{g[-1]}", batch_size=args.batch_size,
-                                        image_features=features.get(s["index"])), loaded=loaded)
-            in_units += summary["vision_tower_images"]
-            shutil.rmtree(out, ignore_errors=True)
-        for path in features.values():
-            Path(path).unlink(missing_ok=True)
-        return dict(encode=encoded, units=in_units, total=encoded + in_units, seconds=time.perf_counter() - started)
+            u = one("cache" if shared else "plain", g, lang, s["rows"], cache)
+            fills += u["fill"]
+            in_units += u["total"] - u["fill"]
+            hits += bool(u["hit"])
+        if cache:
+            shutil.rmtree(cache, ignore_errors=True)
+        return dict(fills=fills, units=in_units, total=fills + in_units, cache_hits=hits,
+                    seconds=time.perf_counter() - started)
 
     plain, diet = pipeline(False), pipeline(True)
     say(f"[d] pipeline simulated: {len(LANGUAGES)} languages x {len(groups)} layer groups "
         f"({', '.join(f'{g[0]}-{g[-1]}' for g in groups)}) x {len(shards)} shards = {len(units)} units, "
         f"{n} distinct images")
-    say(f"[d] without compute diet: vision-tower images {plain['total']} (units {plain['units']}) = "
+    say(f"[d] without image_cache: vision-tower images {plain['total']} (units {plain['units']}) = "
         f"{plain['total'] / n:.1f} per distinct image; wall {plain['seconds']:.2f} s")
-    say(f"[d] with compute diet:    vision-tower images {diet['total']} (encode_images {diet['encode']} + units "
-        f"{diet['units']}) = {diet['total'] / n:.1f} per distinct image; wall {diet['seconds']:.2f} s  "
+    say(f"[d] with shared image_cache: vision-tower images {diet['total']} (cache fills {diet['fills']} + units' own "
+        f"forward {diet['units']}; {diet['cache_hits']} of {len(units)} units hit the cache) = "
+        f"{diet['total'] / n:.1f} per distinct image; wall {diet['seconds']:.2f} s  "
         f"(goal equal to distinct images: {verdict(diet['total'] == n)})")
-    return dict(plain=plain, diet=diet, distinct=n, units=len(units))
+    return dict(plain=plain, diet=diet, distinct=n, units=len(units), alone=alone, pair=pair, pair_total=pair_total,
+                pair_images=n0)
 
 
 # ------------------------------------------------------------------------------------ [e]
@@ -517,6 +571,8 @@ def main() -> None:
     ok_c = all(abs(c[lay]["growth_summary"]) <= GOAL_MEMORY for lay in c)
     ok_d = d["diet"]["total"] == d["distinct"]
     ok_e = e["measured"]["default"]["forwards"] == loaded.num_layers
+    wchar_text = ", ".join(f"{lay} {a['bytes'][lay]['proc_io']['wchar'] / a['bytes'][lay]['written']:.4f}x"
+                           if a["bytes"][lay]["proc_io"] else f"{lay} n/a" for lay in ("ragged", "padded"))
     growth_text = ", ".join(f"{lay} {c[lay]['growth_summary']:+.1%} (RssAnon {c[lay]['growth_anon']:+.1%})" for lay in c)
     say()
     say("Summary: "
@@ -524,11 +580,14 @@ def main() -> None:
         f"without the fixed per-unit cost, {a['ratio_forward_only']:.2f} forward-only) "
         f"-> goal >= {GOAL_RATIO} {verdict(ok_a)}; "
         f"(b) ragged bytes/payload {a['bytes_ratio_ragged']:.4f} -> goal <= {GOAL_BYTES} {verdict(ok_b)} "
-        f"(padded {a['bytes']['padded']['ratio']:.4f}; projected for Gemma-3-4B bf16 rows {a['projected_4b_ratio']:.4f}); "
+        f"(padded {a['bytes']['padded']['ratio']:.4f}; projected for Gemma-3-4B bf16 rows {a['projected_4b_ratio']:.4f}; "
+        f"written once: /proc/self/io wchar / final files {wchar_text}); "
         f"(c) peak host memory N -> 4N {growth_text} "
         f"-> goal within {GOAL_MEMORY:.0%} {verdict(ok_c)}; "
-        f"(d) vision-tower images per pipeline run {d['diet']['total']} with the compute diet vs {d['plain']['total']} "
-        f"without, for {d['distinct']} distinct images -> goal equal {verdict(ok_d)}; "
+        f"(d) vision-tower images: two units of one shard sharing an image_cache {d['pair_total']} vs "
+        f"{2 * d['alone']['total']} without, for {d['pair_images']} image(s); per pipeline run {d['diet']['total']} with "
+        f"the shared image_cache vs {d['plain']['total']} without, for {d['distinct']} distinct image(s) "
+        f"-> goal equal {verdict(ok_d)}; "
         f"(e) the default single group costs {e['default_4b']} layer forwards for 34 layers vs {e['seed_4b']} for the "
         f"seed's 4 groups ({e['seed_4b'] / e['default_4b']:.2f}x), measured {e['measured']['4 groups']['forwards']:.0f} vs "
         f"{e['measured']['default']['forwards']:.0f} on the {loaded.num_layers}-layer model -> default is one pass "

@@ -85,7 +85,7 @@ class ImageFeatures:
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         if data.get("model_id") != model_id or data.get("model_revision") != revision:
             raise LayerwiseError(
-                f"--image-features {path}: computed with {data.get('model_id')}@{data.get('model_revision')}, "
+                f"image features {path}: computed with {data.get('model_id')}@{data.get('model_revision')}, "
                 f"not {model_id}@{revision}")
         self.features = data["features"]
         self.index = {sid: i for i, sid in enumerate(data["sample_ids"])}
@@ -94,17 +94,19 @@ class ImageFeatures:
     def for_samples(self, sample_ids: list[str], device, dtype) -> dict:
         missing = [sid for sid in sample_ids if sid not in self.index]
         if missing:
-            raise LayerwiseError(f"--image-features {self.path}: no features for samples {', '.join(missing[:5])}")
+            raise LayerwiseError(f"image features {self.path}: no features for samples {', '.join(missing[:5])}")
         rows = torch.stack([self.features[self.index[sid]] for sid in sample_ids])
         return {"image": BaseModelOutputWithPooling(pooler_output=rows.to(device, dtype))}
 
 
-def cache_key(model_fingerprint: str, dtype: torch.dtype, image_digests: list[str]) -> str:
-    """Content address of a shard's image features: model identity, dtype and the images' bytes."""
+def cache_key(model_fingerprint: str, dtype: torch.dtype, image_digests: list[str],
+              sample_ids: list[str] | None = None) -> str:
+    """Content address of a shard's image features: model identity, dtype, the images' bytes and the
+    sample ids the entry is looked up by."""
     import hashlib
 
     h = hashlib.sha256()
-    for part in (model_fingerprint, schema.dtype_name(dtype), *image_digests):
+    for part in (model_fingerprint, schema.dtype_name(dtype), *image_digests, "ids", *(sample_ids or [])):
         h.update(str(part).encode())
         h.update(b"\0")
     return h.hexdigest()
@@ -119,7 +121,7 @@ def shared_features(loaded, samples, cache_dir: str | Path, model_fingerprint: s
     sha256, so changed images or weights never hit a stale entry. Returns (features, summary).
     """
     digests = [getattr(s, "image_sha256", None) or str(s.image) for s in samples]
-    key = cache_key(model_fingerprint, loaded.dtype, digests)
+    key = cache_key(model_fingerprint, loaded.dtype, digests, [s.sample_id for s in samples])
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"{key}.pt"

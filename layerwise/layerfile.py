@@ -110,6 +110,8 @@ class LayerFileStream:
     def append(self, rows: torch.Tensor, nan_count: int = 0) -> None:
         """Rows [T_i, H] (CPU) of the next sample; must match the planned length."""
         i = self.num_samples
+        if i >= len(self.plan.lengths):
+            raise ValueError(f"{self.path.name}: sample {i} is beyond the {len(self.plan.lengths)} planned samples")
         expected = self.plan.lengths[i]
         if rows.dim() != 2 or rows.shape[0] != expected or rows.shape[1] != self.hidden:
             raise ValueError(f"{self.path.name}: sample {i} has rows {tuple(rows.shape)}, planned [{expected}, {self.hidden}]")

@@ -17,6 +17,10 @@ from pathlib import Path
 
 from .errors import LayerwiseError
 
+# POSIX record locks belong to the process, and closing ANY descriptor of the file drops them: this
+# process must never probe (open/close) a lock file it holds. Held paths are remembered here.
+_HELD: set[str] = set()
+
 
 def _owner() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": os.environ.get("SLURM_JOB_ID"),
@@ -24,6 +28,8 @@ def _owner() -> dict:
 
 
 def describe_owner(path: Path) -> str:
+    if str(Path(path).absolute()) in _HELD:
+        return "this process"
     try:
         info = json.loads(Path(path).read_text(encoding="utf-8") or "{}")
     except (OSError, ValueError):
@@ -44,6 +50,8 @@ class FileLock:
         self._fd: int | None = None
 
     def try_acquire(self) -> bool:
+        if str(self.path.absolute()) in _HELD:
+            return False                       # held by this process (probing would release it)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -55,6 +63,7 @@ class FileLock:
         os.write(fd, json.dumps(_owner()).encode())
         os.fsync(fd)
         self._fd = fd
+        _HELD.add(str(self.path.absolute()))
         return True
 
     def acquire(self) -> "FileLock":
@@ -77,6 +86,7 @@ class FileLock:
         if self._fd is not None:
             os.close(self._fd)     # closing drops the lock; the file stays (harmless, reused)
             self._fd = None
+            _HELD.discard(str(self.path.absolute()))
 
     def __enter__(self) -> "FileLock":
         return self.acquire()
@@ -88,6 +98,8 @@ class FileLock:
 def is_locked(path: str | os.PathLike) -> bool:
     """True when a live process holds the lock at `path` (a missing file is not locked)."""
     path = Path(path)
+    if str(path.absolute()) in _HELD:
+        return True
     if not path.exists():
         return False
     probe = FileLock(path)

@@ -70,7 +70,7 @@ def place(src: Path, dst: Path, mode: str) -> str:
     """Put `src` at `dst` atomically: a hard link ("linked"), else a copy ("copied"); "kept" if already there."""
     src, dst = Path(os.path.realpath(src)), Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists() and os.path.samefile(src, dst):
+    if mode == "link" and dst.exists() and os.path.samefile(src, dst):
         return "kept"
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     tmp.unlink(missing_ok=True)

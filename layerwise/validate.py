@@ -231,7 +231,7 @@ class Context:
     hidden_size: int
     num_layers: int | None
     settings_ref: tuple[str, dict[str, Any]] | None = None
-    lengths_ref: dict[str, tuple[str, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    lengths_ref: dict[str, tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 def _check_shapes(name: str, d: dict[str, Any], problems: Problems) -> bool:
@@ -239,8 +239,9 @@ def _check_shapes(name: str, d: dict[str, Any], problems: Problems) -> bool:
     n = len(d["sample_ids"])
     bad: list[str] = []
     lengths, offsets, acts, tids = d["lengths"], d["offsets"], d["activations"], d["token_ids"]
+    kinds = d["token_kinds"]
     tensors = {"lengths": lengths, "offsets": offsets, "activations": acts, "token_ids": tids,
-               "nan_counts": d["nan_counts"]}
+               "token_kinds": kinds, "nan_counts": d["nan_counts"]}
     for key, t in tensors.items():
         if not isinstance(t, torch.Tensor):
             problems.add("shapes", f"{name}: {key} is a {type(t).__name__}, not a tensor")
@@ -276,6 +277,20 @@ def _check_shapes(name: str, d: dict[str, Any], problems: Problems) -> bool:
             bad.append(f"ragged token_ids have shape {shape_str(tids.shape)}, expected ({total},)")
     else:
         bad.append(f"unknown layout {layout!r} (expected one of {schema.LAYOUTS})")
+    if kinds.dtype != torch.int8 or kinds.shape != tids.shape:
+        bad.append(f"token_kinds is {schema.dtype_name(kinds.dtype)} {shape_str(kinds.shape)}, expected int8 "
+                   f"of the shape of token_ids {shape_str(tids.shape)}")
+    elif kinds.numel():
+        codes = set(schema.TOKEN_KINDS.values())
+        unknown = sorted(set(int(c) for c in torch.unique(kinds).tolist()) - codes)
+        if unknown:
+            bad.append(f"token_kinds holds codes {unknown} that are not in schema.TOKEN_KINDS")
+        if layout == "padded" and n:
+            beyond = torch.arange(kinds.shape[1])[None, :] >= lengths[:, None]
+            if bool((kinds[beyond] != schema.TOKEN_KINDS["pad"]).any()):
+                bad.append("token_kinds beyond lengths are not 'pad'")
+            if bool((kinds[~beyond] == schema.TOKEN_KINDS["pad"]).any()):
+                bad.append("token_kinds within lengths are 'pad'")
     if bad:
         problems.add("shapes", f"{name}: " + "; ".join(bad))
         return False
@@ -432,9 +447,9 @@ def _check_loaded(name, d, layer, language, ctx: Context, problems: Problems, en
     # lengths and token ids across layers of this language
     ref = ctx.lengths_ref.get(language)
     if ref is None:
-        ctx.lengths_ref[language] = (name, lengths, d["token_ids"])
+        ctx.lengths_ref[language] = (name, lengths, d["token_ids"], d["token_kinds"])
     else:
-        ref_name, ref_lengths, ref_tids = ref
+        ref_name, ref_lengths, ref_tids, ref_kinds = ref
         if lengths.shape != ref_lengths.shape or not torch.equal(lengths, ref_lengths):
             k = _first_difference(lengths.tolist(), ref_lengths.tolist())
             where = (f" (first at sample {ids[k]!r}: {int(lengths[k])} vs {int(ref_lengths[k])})"
@@ -442,6 +457,8 @@ def _check_loaded(name, d, layer, language, ctx: Context, problems: Problems, en
             problems.add("lengths", f"{name}: lengths differ from {ref_name}{where}")
         elif d["token_ids"].shape != ref_tids.shape or not torch.equal(d["token_ids"], ref_tids):
             problems.add("lengths", f"{name}: token_ids differ from {ref_name}")
+        elif d["token_kinds"].shape != ref_kinds.shape or not torch.equal(d["token_kinds"], ref_kinds):
+            problems.add("lengths", f"{name}: token_kinds differ from {ref_name}")
     # stored values
     if last is None:
         return

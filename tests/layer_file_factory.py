@@ -1,14 +1,16 @@
-"""Test helper: realistic layer files, samplesheets and plans with known contents.
+"""Test helper: realistic layer files, unit folders, samplesheets and plans with known contents.
 
-Layer files are written with `store.LayerFileWriter` (as extraction does), with every key of
-`schema.LAYER_FILE_KEYS`. Contents are deterministic functions of (layer, language, sample),
-so tests compare outputs against the `FakeSample`s they were written from, not against the
-code under test.
+Layer files are streamed through `layerfile.LayerFileStream` (as extraction does: the layout is
+planned up front, then rows are appended sample by sample), with every key of
+`schema.LAYER_FILE_KEYS`, `token_kinds` included. Contents are deterministic functions of
+(layer, language, sample), so tests compare outputs against the `FakeSample`s they were written
+from, not against the code under test.
 """
 from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,26 +23,38 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from layerwise import schema  # noqa: E402
-from layerwise.store import LayerFileWriter  # noqa: E402
+from layerwise.layerfile import LayerFileStream, UnitLayout  # noqa: E402
 
 MODEL_ID = "google/gemma-3-tiny-test"
 MODEL_REVISION = "0123456789abcdef"
 NUM_LAYERS = 6
 HIDDEN_SIZE = 16
 GENDER_CYCLE = ("male", "female", "female", "unknown", "male")
+KIND = schema.TOKEN_KINDS
+BOS_ID, IMAGE_ID = 2, 262144  # Gemma 3's <bos> and <image_soft_token> ids
 
 
 @dataclass
 class FakeSample:
     sample_id: str
     gender: str
-    rows: torch.Tensor       # float32 [T, H]: the values given to the writer
-    token_ids: torch.Tensor  # int64 [T]
+    rows: torch.Tensor         # float32 [T, H]: the values given to the writer
+    token_ids: torch.Tensor    # int64 [T]
+    token_kinds: torch.Tensor  # int8 [T]: schema.TOKEN_KINDS codes
     nan_count: int = 0
+
+    @property
+    def length(self) -> int:
+        return int(self.rows.shape[0])
 
     def stored(self, dtype: torch.dtype) -> torch.Tensor:
         """The rows as the file stores them."""
         return self.rows.to(dtype)
+
+    def truncate(self, n: int) -> "FakeSample":
+        """Keep the first n positions (rows, token ids and kinds together)."""
+        self.rows, self.token_ids, self.token_kinds = self.rows[:n], self.token_ids[:n], self.token_kinds[:n]
+        return self
 
 
 def sample_ids(n: int, start: int = 0) -> list[str]:
@@ -62,6 +76,41 @@ def sample_length(sample_id: str, language: str, token_selection: str = "all") -
     return 2 + _seed("len", sample_id, language) % 6  # 2..7
 
 
+def sample_kinds(sample_id: str, language: str, length: int, token_selection: str = "all") -> torch.Tensor:
+    """int8 [length]: the kind of every kept position, in the order a Gemma 3 sequence has them.
+
+    "all": <bos>, image soft tokens, a template token, prompt text, caption (at least one caption
+    position); "text": the same without image tokens; "caption": only caption; "mean": the pooled
+    caption position; "last": the last token of the sequence (a template token, "\\n")."""
+    if token_selection in ("caption", "mean"):
+        return torch.full((length,), KIND["caption"], dtype=torch.int8)
+    if token_selection == "last":
+        return torch.full((length,), KIND["template"], dtype=torch.int8)
+    kinds = [KIND["bos"]]
+    rest = length - 1
+    s = _seed("kinds", sample_id, language)
+    n_image = 0 if token_selection == "text" else s % rest if rest > 1 else 0
+    kinds += [KIND["image"]] * n_image
+    rest -= n_image
+    if rest > 1:
+        kinds.append(KIND["template"])
+        rest -= 1
+    n_prompt = (s // 7) % rest if rest > 1 else 0
+    kinds += [KIND["prompt"]] * n_prompt + [KIND["caption"]] * (rest - n_prompt)
+    assert len(kinds) == length
+    return torch.tensor(kinds, dtype=torch.int8)
+
+
+def sample_token_ids(sample_id: str, language: str, kinds: torch.Tensor, token_selection: str = "all") -> torch.Tensor:
+    if token_selection == "mean":
+        return torch.full((len(kinds),), schema.PAD_TOKEN_ID, dtype=torch.int64)
+    g = torch.Generator().manual_seed(_seed("tok", language, sample_id))
+    ids = torch.randint(3, 1000, (len(kinds),), generator=g, dtype=torch.int64)
+    ids[kinds == KIND["bos"]] = BOS_ID
+    ids[kinds == KIND["image"]] = IMAGE_ID
+    return ids
+
+
 def make_samples(
     layer: int,
     language: str,
@@ -76,37 +125,23 @@ def make_samples(
         t = sample_length(sid, language, token_selection)
         g = torch.Generator().manual_seed(_seed("rows", layer, language, sid))
         rows = torch.randn(t, hidden_size, generator=g) * (1.0 + layer)
-        gt = torch.Generator().manual_seed(_seed("tok", language, sid))
-        if token_selection == "mean":
-            tokens = torch.full((t,), -1, dtype=torch.int64)
-        else:
-            tokens = torch.randint(0, 1000, (t,), generator=gt, dtype=torch.int64)
-        out.append(FakeSample(sid, gender, rows, tokens))
+        kinds = sample_kinds(sid, language, t, token_selection)
+        out.append(FakeSample(sid, gender, rows, sample_token_ids(sid, language, kinds, token_selection), kinds))
     return out
 
 
-def write_layer_file(
-    path: Path,
-    layer: int,
-    language: str,
-    samples: Sequence[FakeSample],
-    *,
-    dtype: torch.dtype = torch.float32,
-    layout: str = "padded",
-    token_selection: str = "all",
-    nan_policy: str = "zero",
-    model_id: str = MODEL_ID,
-    model_revision: str = MODEL_REVISION,
-    num_layers: int = NUM_LAYERS,
-    meta_overrides: dict | None = None,
-) -> Path:
-    """Write one layer file through LayerFileWriter; returns its path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    hidden = samples[0].rows.shape[1] if samples else HIDDEN_SIZE
-    writer = LayerFileWriter(path, path.parent / ".scratch", hidden, dtype, layout)
+def layout_of(samples: Sequence[FakeSample]) -> UnitLayout:
     for s in samples:
-        writer.append(s.rows, s.token_ids, s.nan_count)
+        if not (len(s.token_ids) == len(s.token_kinds) == s.length):
+            raise ValueError(f"fake sample {s.sample_id}: rows, token_ids and token_kinds disagree in length")
+    return UnitLayout([s.length for s in samples], [s.token_ids.clone() for s in samples],
+                      [s.token_kinds.clone() for s in samples])
+
+
+def layer_meta(layer: int, language: str, samples: Sequence[FakeSample], *, token_selection: str = "all",
+               nan_policy: str = "zero", model_id: str = MODEL_ID, model_revision: str = MODEL_REVISION,
+               num_layers: int = NUM_LAYERS, meta_overrides: dict | None = None) -> dict:
+    """The keys extraction passes to LayerFileStream (it fills activations, lengths, ... itself)."""
     meta = {
         "layer": layer,
         "genders": [s.gender for s in samples],
@@ -119,8 +154,39 @@ def write_layer_file(
         "num_layers": num_layers,
     }
     meta.update(meta_overrides or {})
-    writer.finish(meta)
-    return path
+    return meta
+
+
+def write_layer_file_info(
+    path: Path,
+    layer: int,
+    language: str,
+    samples: Sequence[FakeSample],
+    *,
+    dtype: torch.dtype = torch.float32,
+    layout: str = "padded",
+    hidden_size: int | None = None,
+    **meta_kwargs,
+) -> dict:
+    """Stream one layer file through LayerFileStream; returns the writer's {"bytes", "sha256"}."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hidden = hidden_size or (samples[0].rows.shape[1] if samples else HIDDEN_SIZE)
+    meta = layer_meta(layer, language, samples, **meta_kwargs)
+    stream = LayerFileStream(path, layout_of(samples), layout, hidden, dtype, meta)
+    try:
+        for s in samples:
+            stream.append(s.rows, s.nan_count)
+        return stream.finish()
+    except BaseException:
+        stream.abort()
+        raise
+
+
+def write_layer_file(path: Path, layer: int, language: str, samples: Sequence[FakeSample], **kwargs) -> Path:
+    """Write one layer file through LayerFileStream; returns its path."""
+    write_layer_file_info(path, layer, language, samples, **kwargs)
+    return Path(path)
 
 
 def write_layer_set(
@@ -161,18 +227,60 @@ def make_plan(
     shard_size: int,
     hidden_size: int = HIDDEN_SIZE,
     num_layers: int = NUM_LAYERS,
+    layer_groups: Sequence[Sequence[int]] | None = None,
 ) -> dict:
+    """The plan.json structure (layerwise/plan.py make_plan): units ordered by group, language, shard."""
+    from layerwise.plan import make_unit
+
     shards = [
         {"index": k, "rows": f"{start}:{min(start + shard_size, n_samples)}"}
         for k, start in enumerate(range(0, n_samples, shard_size))
     ]
+    groups = [list(g) for g in (layer_groups or [layers])]
     return {
         "model": {"id": MODEL_ID, "revision": MODEL_REVISION, "num_layers": num_layers,
-                  "hidden_size": hidden_size, "model_type": "gemma3"},
+                  "hidden_size": hidden_size, "model_type": "gemma3", "fingerprint": "sha256:test"},
         "layers": list(layers),
         "languages": list(languages),
         "shards": shards,
-        "layer_groups": [list(layers)],
-        "units": [{"layers": list(layers), "language": lang, "shard": s["index"], "rows": s["rows"]}
-                  for lang in languages for s in shards],
+        "layer_groups": groups,
+        "units": [make_unit(g, lang, s) for g in groups for lang in languages for s in shards],
     }
+
+
+def shard_ids(ids: Sequence[str], rows: str) -> list[str]:
+    start, end = (int(x) for x in rows.split(":"))
+    return list(ids[start:end])
+
+
+def write_unit(root: Path, unit: dict, ids: Sequence[str], *, samples_for=None, **kwargs) -> Path:
+    """`<root>/<unit id>/`: the unit's layer files (its shard's rows of `ids`) and a summary.json as
+    extraction writes it ("files": [{file, layer, bytes, sha256}], sha256 as the writer returned it).
+
+    `samples_for(layer, language, ids)` may replace `make_samples` (to write changed contents)."""
+    folder = Path(root) / unit["id"]
+    folder.mkdir(parents=True, exist_ok=True)
+    mine = shard_ids(ids, unit["rows"])
+    files = []
+    for layer in unit["layers"]:
+        make = samples_for or (lambda l, lang, i: make_samples(l, lang, i, token_selection=kwargs.get("token_selection", "all")))
+        samples = make(layer, unit["language"], mine)
+        name = schema.layer_filename(layer, unit["language"])
+        info = write_layer_file_info(folder / name, layer, unit["language"], samples, **kwargs)
+        files.append({"file": name, "layer": layer, "bytes": info["bytes"], "sha256": info["sha256"]})
+    summary = {"kind": "extract", "language": unit["language"], "layers": list(unit["layers"]), "rows": unit["rows"],
+               "samples": len(mine), "samples_this_run": len(mine), "resumed_from_sample": 0,
+               "positions_kept": 0, "seconds": 1.0, "bytes_written": sum(f["bytes"] for f in files),
+               "files": files, "vision_tower_images": 0}
+    (folder / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    return folder
+
+
+def write_units(root: Path, plan: dict, ids: Sequence[str], **kwargs) -> list[Path]:
+    """Every unit folder of `plan` (see write_unit)."""
+    return [write_unit(root, u, ids, **kwargs) for u in plan["units"]]
+
+
+def expected_samples(layer: int, language: str, ids: Sequence[str], token_selection: str = "all") -> list[FakeSample]:
+    """What the (merged) file of (layer, language) over `ids` must hold, whatever the sharding."""
+    return make_samples(layer, language, ids, token_selection=token_selection)

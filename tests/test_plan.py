@@ -148,13 +148,15 @@ def test_plan_structure(tmp_path):
     df = read_samplesheet(make_sheet(tmp_path, 5), ["english", "arabic"])
     plan = make_plan(df, INFO, "0-3 10", "english,arabic", "auto", 2, prompts=PROMPTS)
     assert list(plan) == ["model", "layers", "languages", "shards", "layer_groups", "units"]
-    assert plan["model"] == INFO
+    assert plan["model"] == {**INFO, "fingerprint": None}   # PREFLIGHT adds the model's fingerprint
     assert plan["layers"] == [0, 1, 2, 3, 10]
     assert plan["languages"] == ["english", "arabic"]
     assert plan["shards"] == [{"index": 0, "rows": "0:2"}, {"index": 1, "rows": "2:4"}, {"index": 2, "rows": "4:5"}]
     assert plan["layer_groups"] == [[0, 1, 2, 3], [10]]
     assert len(plan["units"]) == 2 * 2 * 3
-    assert plan["units"][0] == {"layers": [0, 1, 2, 3], "language": "english", "shard": 0, "rows": "0:2"}
+    assert plan["units"][0] == {"id": "L0-3_english_s0", "layers": [0, 1, 2, 3], "layers_str": "0-3",
+                                "language": "english", "shard": 0, "rows": "0:2", "sheet": "L0-3_english_s0.csv"}
+    assert len({u["id"] for u in plan["units"]}) == len(plan["units"])
     order = [(u["layers"][0], u["language"], u["shard"]) for u in plan["units"]]
     assert order == [(g, lang, s) for g in (0, 10) for lang in ("english", "arabic") for s in (0, 1, 2)]
     json.dumps(plan)  # plain JSON types only
@@ -188,26 +190,35 @@ def run_preflight(tmp_path, sheet, model, *extra, layers="0-2 4"):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
 
 
-def test_cli_end_to_end(tmp_path, model_dir):
+def test_cli_end_to_end(tmp_path, tiny_model_dir):
     sheet = make_sheet(tmp_path / "data", 3)
-    r = run_preflight(tmp_path, sheet, model_dir)
+    r = run_preflight(tmp_path, sheet, tiny_model_dir)
     assert r.returncode == 0, r.stderr
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["plan.json", "samplesheet.valid.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["plan.json", "samplesheet.valid.csv", "units"]
     plan = json.loads((out / "plan.json").read_text(encoding="utf-8"))
+    # one input sheet per unit: exactly its shard's rows and its language's caption
+    for unit in plan["units"]:
+        part = pd.read_csv(out / "units" / unit["sheet"], dtype=str, keep_default_na=False)
+        start, end = (int(x) for x in unit["rows"].split(":"))
+        assert part["row"].astype(int).tolist() == list(range(start, end))
+        assert list(part.columns) == ["row", "sample_id", "image", "image_sha256", "gender",
+                                      f"caption_{unit['language']}"]
+    assert plan["model"]["fingerprint"].startswith("sha256:")
     assert plan["model"]["num_layers"] == 6 and plan["model"]["revision"] == "local"
     assert plan["layer_groups"] == [[0, 1, 2], [4]] and plan["languages"] == ["english", "arabic"]
     assert len(plan["units"]) == 2 * 2 * 2
     valid = pd.read_csv(out / "samplesheet.valid.csv", dtype=str, keep_default_na=False)
-    assert list(valid.columns) == ["row", "sample_id", "image", "gender", "caption_english", "caption_arabic"]
+    assert list(valid.columns) == ["row", "sample_id", "image", "image_sha256", "gender", "caption_english",
+                                   "caption_arabic"]
     assert all(Path(p).is_absolute() for p in valid["image"]) and valid["caption_arabic"][0] == "وصف 0"
     assert "3 samples" in r.stdout or "samples    3" in r.stdout
     assert "units      8" in r.stdout
 
 
-def test_cli_duplicate_id_exits_2_without_plan(tmp_path, model_dir):
+def test_cli_duplicate_id_exits_2_without_plan(tmp_path, tiny_model_dir):
     sheet = make_sheet(tmp_path / "data", 3, dup=True)
-    r = run_preflight(tmp_path, sheet, model_dir)
+    r = run_preflight(tmp_path, sheet, tiny_model_dir)
     assert r.returncode == 2
     assert r.stderr.startswith("ERROR: ") and "Traceback" not in r.stderr
     assert "row 3 (sample s000)" in r.stderr and "duplicate" in r.stderr and "row 1" in r.stderr
@@ -218,8 +229,8 @@ def test_cli_duplicate_id_exits_2_without_plan(tmp_path, model_dir):
     ((), "0-6", "--layers: layer 6 (in '0-6') is out of range"),
     (("--layer-groups", "7"), "all", "--layer_groups 7"),
 ])
-def test_cli_bad_options_exit_2(tmp_path, model_dir, extra, layers, fragment):
-    r = run_preflight(tmp_path, make_sheet(tmp_path / "data", 2), model_dir, *extra, layers=layers)
+def test_cli_bad_options_exit_2(tmp_path, tiny_model_dir, extra, layers, fragment):
+    r = run_preflight(tmp_path, make_sheet(tmp_path / "data", 2), tiny_model_dir, *extra, layers=layers)
     assert r.returncode == 2 and fragment in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "out" / "plan.json").exists()
 

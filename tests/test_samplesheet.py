@@ -54,7 +54,7 @@ def problems_of(path, languages=("english", "arabic"), **kw) -> str:
 
 def test_valid_sheet_is_normalised(sheet, tmp_path):
     df = read_samplesheet(sheet, ["english", "arabic"])
-    assert list(df.columns) == ["row", "sample_id", "image", "gender", "caption_english", "caption_arabic"]
+    assert list(df.columns) == ["row", "sample_id", "image", "image_sha256", "gender", "caption_english", "caption_arabic"]
     assert df["row"].tolist() == [0, 1, 2]
     assert df["sample_id"].tolist() == ["001", "s2", "s3"]            # "001" stays text
     assert df["caption_english"].tolist()[1] == "NA"                  # "NA" is not missing
@@ -81,7 +81,7 @@ def test_extra_columns_are_kept_and_row_column_is_recomputed(tmp_path):
     path = write_csv(tmp_path / "s.csv", [["7", "x", "a.png", "male", "hi", "30"]],
                      header=["row", "sample_id", "image", "gender", "caption_english", "age"])
     df = read_samplesheet(path, "english")
-    assert list(df.columns) == ["row", "sample_id", "image", "gender", "caption_english", "age"]
+    assert list(df.columns) == ["row", "sample_id", "image", "image_sha256", "gender", "caption_english", "age"]
     assert df["row"].tolist() == [0] and df["age"].tolist() == ["30"]
 
 
@@ -309,3 +309,103 @@ def test_bad_prompts_file_is_named(tmp_path, content, fragment):
     with pytest.raises(LayerwiseError) as e:
         load_prompts(path)
     assert str(path) in str(e.value) and fragment in str(e.value)
+
+
+# ---------------------------------------------------------------- parse errors name the user's file lines
+
+def test_unbalanced_quote_names_the_line_where_it_opens(tmp_path):
+    make_image(tmp_path / "a.png")
+    path = tmp_path / "s.csv"
+    path.write_text("sample_id,image,gender,caption_english\n"
+                    "s1,a.png,male,fine\n"
+                    "s2,a.png,male,\"A caption, with a comma\n"          # line 3: never closed
+                    "s3,a.png,female,ok\n"
+                    "s4,a.png,female,ok\n", encoding="utf-8")
+    msg = problems_of(path, ["english"])
+    assert str(path) in msg and "line 3" in msg and "never closed" in msg
+
+
+def test_unbalanced_quote_after_a_multiline_caption_names_its_own_line(tmp_path):
+    make_image(tmp_path / "a.png")
+    path = tmp_path / "s.csv"
+    path.write_text("sample_id,image,gender,caption_english\n"
+                    "s1,a.png,male,\"two\nlines\"\n"                       # lines 2-3: fine
+                    "\n"                                                    # line 4: blank
+                    "s2,a.png,male,ok\n"                                    # line 5
+                    "s3,a.png,male,\"open\n", encoding="utf-8")            # line 6
+    msg = problems_of(path, ["english"])
+    assert "line 6" in msg and "never closed" in msg
+
+
+def test_text_after_a_closing_quote_names_the_line(tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_text("sample_id,image,gender,caption_english\ns1,a.png,male,ok\ns2,a.png,male,\"quoted\" tail\n",
+                    encoding="utf-8")
+    msg = problems_of(path, ["english"])
+    assert "line 3" in msg and '""' in msg
+
+
+def test_wrong_field_count_names_the_line_the_record_starts_on(tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_text("sample_id,image,gender,caption_english\n\ns1,a.png,male,\"multi\nline\"\ns2,a.png\n",
+                    encoding="utf-8")
+    msg = problems_of(path, ["english"])
+    assert "row 2 (line 5): 2 fields but the header has 4" in msg
+
+
+@pytest.mark.parametrize("delimiter, name", [(";", "semicolon"), ("\t", "tab"), ("|", "pipe")])
+def test_other_delimiters_are_recognised(tmp_path, delimiter, name):
+    path = tmp_path / "s.csv"
+    path.write_text(delimiter.join(["sample_id", "image", "gender", "caption_english"]) + "\n"
+                    + delimiter.join(["s1", "a.png", "male", "hi, there"]) + "\n", encoding="utf-8")
+    msg = problems_of(path, ["english"])
+    assert f"looks {name}-separated" in msg and "line 1" in msg and "comma-separated" in msg
+
+
+def test_comma_separated_tsv_is_recognised(tmp_path):
+    path = tmp_path / "s.tsv"
+    path.write_text("sample_id,image,gender,caption_english\ns1,a.png,male,hi\n", encoding="utf-8")
+    assert "looks comma-separated" in problems_of(path, ["english"])
+
+
+def test_latin1_names_the_line_and_says_save_as_utf8(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes("sample_id,image,gender,caption_english\nx,a.png,male,ok\ny,a.png,male,caf\xe9\nz,a.png,male,na\xefve\n"
+                     .encode("latin-1"))
+    msg = problems_of(path, ["english"])
+    assert "not UTF-8" in msg and "line 3" in msg and "0xe9" in msg and "'é'" in msg
+    assert "2 lines" in msg and "Save it as UTF-8" in msg
+    assert "position" not in msg                          # no bare byte offset
+
+
+@pytest.mark.parametrize("data, fragment", [
+    ("sample_id,image\n".encode("utf-16"), "UTF-16"),
+    (b"PK\x03\x04\x14\x00rest of a zip", "workbook"),
+    (b"sample_id,image,gender,caption_english\nx,a.png,male,o\x00k\n", "line 2 contains a NUL"),
+])
+def test_binary_or_utf16_sheets_are_named(tmp_path, data, fragment):
+    path = tmp_path / "s.csv"
+    path.write_bytes(data)
+    assert fragment in problems_of(path, ["english"])
+
+
+def test_utf8_with_bom_and_crlf_still_pass(tmp_path):
+    make_image(tmp_path / "a.png")
+    path = tmp_path / "s.csv"
+    path.write_bytes("\ufeffsample_id,image,gender,caption_english\r\nx,a.png,male,\"café\r\nau lait\"\r\n".encode("utf-8"))
+    assert read_samplesheet(path, ["english"])["caption_english"].tolist() == ["café\r\nau lait"]
+
+
+def test_captions_longer_than_the_csv_default_field_limit_are_read(tmp_path):
+    make_image(tmp_path / "a.png")
+    long = "word " * 40_000                              # 200,000 characters > csv's default 131,072
+    path = write_csv(tmp_path / "s.csv", [["x", "a.png", "male", long.strip()]], header=HEADER[:4])
+    assert len(read_samplesheet(path, ["english"])["caption_english"][0]) == len(long.strip())
+    assert csv.field_size_limit() == 131072               # the process-wide limit is restored
+
+
+def test_quoted_semicolon_header_gets_the_delimiter_hint(tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_text('\n"sample_id";"image";"gender";"caption_english"\n"s1";"a.png";"male";"hi"\n', encoding="utf-8")
+    msg = problems_of(path, ["english"])
+    assert "looks semicolon-separated (line 2" in msg

@@ -1,10 +1,9 @@
-"""validate(): checks, Parquet metadata, metadata JSON, HTML report and the CLI."""
+"""validate(): checks, checksums, Parquet metadata, metadata JSON, HTML report and the CLI."""
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -221,8 +220,7 @@ def test_sample_id_misaligned_across_languages(run):
 
 def test_lengths_differ_across_layers(run):
     samples = F.make_samples(5, "english", run.ids)
-    samples[2].rows = samples[2].rows[:1]
-    samples[2].token_ids = samples[2].token_ids[:1]
+    samples[2].truncate(1)
     run.rewrite(5, "english", samples)
     assert_fails(run, "layer_5_english.pt", "lengths differ from layer_0_english.pt", run.ids[2])
 
@@ -282,12 +280,77 @@ def test_corrupt_file(run):
     assert_fails(run, "layer_0_arabic.pt", "cannot be loaded")
 
 
-def test_file_missing_a_key(run):
+@pytest.mark.parametrize("key", ["nan_policy", "token_kinds"])
+def test_file_missing_a_key(run, key):
     path = run.path(2, "english")
     data = torch.load(path, weights_only=True)
-    del data["nan_policy"]
+    del data[key]
     torch.save(data, path)
-    assert_fails(run, "layer_2_english.pt", "lacks keys ['nan_policy']")
+    assert_fails(run, "layer_2_english.pt", f"lacks keys ['{key}']")
+
+
+def test_every_file_holds_the_token_kinds_it_was_written_with(run):
+    run.validate()
+    for (layer, language), (path, samples) in run.written.items():
+        d = torch.load(path, weights_only=True, mmap=True)
+        assert d["token_kinds"].dtype == torch.int8 and d["token_kinds"].shape == d["token_ids"].shape
+        for i, s in enumerate(samples):
+            assert torch.equal(d["token_kinds"][i, :s.length], s.token_kinds)
+            assert bool((d["token_kinds"][i, s.length:] == schema.TOKEN_KINDS["pad"]).all())
+
+
+def _edit_token_kinds(run, case):
+    path = run.path(2, "english")
+    d = torch.load(path, weights_only=True)
+    if case == "shape":
+        d["token_kinds"] = d["token_kinds"][:, :1].contiguous()
+    elif case == "padding":
+        n = int(d["lengths"][0])
+        assert n < d["token_kinds"].shape[1]
+        d["token_kinds"][0, n:] = schema.TOKEN_KINDS["caption"]
+    else:  # differs from the other layers of the language
+        d["token_kinds"][0, 0] = schema.TOKEN_KINDS["prompt"]
+    torch.save(d, path)
+
+
+@pytest.mark.parametrize("case", ["shape", "padding", "across_layers"])
+def test_bad_token_kinds_are_reported(run, case):
+    _edit_token_kinds(run, case)
+    assert_fails(run, "layer_2_english.pt", "token_kinds")
+
+
+# -- checksums against what the writers recorded ----------------------------------------------
+def test_checksum_mismatch_is_reported_under_checksums_naming_the_file(run):
+    expected = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.files}
+    # the recorded checksums pass
+    meta = V.validate(run.plan, run.samplesheet, run.files, run.summaries, run.out, expected_sha256=expected)
+    assert next(c for c in meta["checks"] if c["name"] == "checksums")["passed"]
+    # a file changed after its writer recorded its sha256, with contents that are still valid
+    run.rewrite(2, "arabic", F.make_samples(4, "arabic", run.ids))
+    (run.out / "extraction_metadata.json").unlink()
+    for sub in ("samples", "layers", "norms_by_gender"):
+        (run.out / "metadata" / f"{sub}.parquet").unlink()
+    with pytest.raises(LayerwiseError) as err:
+        V.validate(run.plan, run.samplesheet, run.files, run.summaries, run.out, expected_sha256=expected)
+    msg = str(err.value)
+    assert msg.startswith("validation failed with 1 problem(s):")
+    line = next(ln for ln in msg.splitlines() if "[checksums]" in ln)
+    assert "layer_2_arabic.pt" in line and expected["layer_2_arabic.pt"][:12] in line
+    assert "layer_2_english.pt" not in msg
+    html = (run.out / "validation_report.html").read_text()
+    assert '<span class="status FAILED">FAILED</span>' in html and "layer_2_arabic.pt" in html
+    assert not (run.out / "extraction_metadata.json").exists()
+    # files without a recorded checksum are not checked (e.g. a file of a unit that recorded none)
+    V.validate(run.plan, run.samplesheet, run.files, run.summaries, run.out,
+               expected_sha256={k: v for k, v in expected.items() if k != "layer_2_arabic.pt"})
+
+
+def test_write_json_false_writes_no_metadata_json(run):
+    meta = V.validate(run.plan, run.samplesheet, run.files, run.summaries, run.out, write_json=False)
+    assert meta["status"] == "passed" and len(meta["files"]) == 6
+    assert not (run.out / "extraction_metadata.json").exists()
+    for rel in (V.SAMPLES_PARQUET, V.LAYERS_PARQUET, V.NORMS_PARQUET, V.REPORT_HTML):
+        assert (run.out / rel).is_file(), rel
 
 
 def test_layer_key_does_not_match_name(run):
@@ -309,36 +372,60 @@ def test_all_problems_are_collected(run):
 
 
 # -- CLI ------------------------------------------------------------------------------------
-def run_cli(r: Run, files, summaries=(), summaries_first=True):
+def load_script(name: str):
+    """A bin/ script as a module (the tests call its main() in-process: starting torch per call is slow)."""
+    import importlib.machinery
+    import importlib.util
+
+    path = REPO / "bin" / name
+    loader = importlib.machinery.SourceFileLoader(name.replace("-", "_"), str(path))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
+
+
+def run_cli(r: Run, files, summaries=(), summaries_first=True, capsys=None) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `layerwise-validate ARGS`, run as bin/ runs it (layerwise.cli.run_cli)."""
+    from layerwise.cli import run_cli as cli
+
     plan = r.root / "plan.json"
     plan.write_text(json.dumps(r.plan))
     args = ["--plan", plan, "--samplesheet", r.samplesheet, "--out-dir", r.out]
     sums = ["--summaries", *summaries] if summaries else []
     args += [*sums, *files] if summaries_first else [*files, *sums]
-    return subprocess.run([sys.executable, str(REPO / "bin" / "layerwise-validate"), *map(str, args)],
-                          capture_output=True, text=True, cwd="/", timeout=120)
+    main = load_script("layerwise-validate").main
+    capsys.readouterr()
+    try:
+        cli(lambda: main([str(a) for a in args]))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
-def test_cli_success_and_failure(run):
+def test_cli_success_and_failure(run, capsys):
     assert (REPO / "bin" / "layerwise-validate").stat().st_mode & 0o111
-    res = run_cli(run, run.files, run.summaries)
-    assert res.returncode == 0, res.stderr
-    assert "validation passed: 6 layer files" in res.stdout and f"{N} samples" in res.stdout
-    assert f"{len(V.CHECKS)}/{len(V.CHECKS)} checks passed" in res.stdout
+    # `--summaries a.json b.json x.pt ...`: the summaries' argument swallows the layer files; the script separates them
+    code, out, err = run_cli(run, run.files, run.summaries, capsys=capsys)
+    assert code == 0, err
+    assert "validation passed: 6 layer files" in out and f"{N} samples" in out
+    assert f"{len(V.CHECKS)}/{len(V.CHECKS)} checks passed" in out
     units = json.loads((run.out / "extraction_metadata.json").read_text())["extraction"]["units"]
     assert [u["summary_file"] for u in units] == [p.name for p in run.summaries]
 
-    # the order the VALIDATE_ACTIVATIONS module uses: layer files, then --summaries
     (run.out / "extraction_metadata.json").unlink()
-    res = run_cli(run, run.files, run.summaries, summaries_first=False)
-    assert res.returncode == 0, res.stderr
+    code, out, err = run_cli(run, run.files, run.summaries, summaries_first=False, capsys=capsys)
+    assert code == 0, err
     units = json.loads((run.out / "extraction_metadata.json").read_text())["extraction"]["units"]
     assert [u["summary_file"] for u in units] == [p.name for p in run.summaries]
 
-    res = run_cli(run, [p for p in run.files if p.name != "layer_5_english.pt"])
-    assert res.returncode == 2
-    assert res.stderr.startswith("ERROR: validation failed") and "layer_5_english.pt" in res.stderr
-    assert "Traceback" not in res.stderr
+    (run.out / "extraction_metadata.json").unlink()
+    code, out, err = run_cli(run, [p for p in run.files if p.name != "layer_5_english.pt"], capsys=capsys)
+    assert code == 2
+    assert err.startswith("ERROR: validation failed") and "layer_5_english.pt" in err
+    assert "Traceback" not in err
+    assert not (run.out / "extraction_metadata.json").exists()
 
 
 def test_row_norms_counts_nonfinite_values_and_survives_float32_overflow():

@@ -18,6 +18,7 @@ workflow LAYERWISE {
     digest_all         // value channel: digest of layerwise/**.py + assets/prompts.json
     digest_core        // value channel: the same without the modules used only after extraction
     outdir             // value channel: absolute --outdir
+    image_cache        // value channel: image-feature cache folder ('' = none: --share_image_features false)
 
     main:
     ch_versions = Channel.empty()
@@ -55,7 +56,7 @@ workflow LAYERWISE {
     // One GPU job per unit; the vision tower runs once per image: the first unit of a shard fills a
     // content-addressed feature cache that the shard's other units (and later runs) memory-map
     //
-    EXTRACT_ACTIVATIONS(ch_units, ch_prompts, ch_model, digest_core)
+    EXTRACT_ACTIVATIONS(ch_units, ch_prompts, ch_model, digest_core, image_cache)
     ch_versions = ch_versions.mix(EXTRACT_ACTIVATIONS.out.versions)
 
     //

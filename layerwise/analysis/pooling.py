@@ -15,14 +15,14 @@ from .reader import Chunk, LayerFile, iter_chunks, CHUNK_BYTES
 from .views import EVERY_ROW, SKIP_FIRST
 
 
-def view_row_mask(chunk: Chunk, spec) -> torch.Tensor:
-    """bool [R]: the chunk rows that belong to a view (kinds set, EVERY_ROW or SKIP_FIRST)."""
+def view_mask(chunk: Chunk, spec) -> torch.Tensor:
+    """bool [c, T_c]: the chunk positions that belong to a view (kinds set, EVERY_ROW or SKIP_FIRST)."""
     if spec == EVERY_ROW:
-        return torch.ones(len(chunk.sample), dtype=torch.bool)
+        return chunk.valid
     if spec == SKIP_FIRST:
-        return chunk.position > 0
+        return chunk.valid & (torch.arange(chunk.block.shape[1]) > 0).unsqueeze(0)
     codes = torch.tensor(sorted(spec), dtype=chunk.kinds.dtype)
-    return torch.isin(chunk.kinds, codes)
+    return torch.isin(chunk.kinds, codes) & chunk.valid
 
 
 @dataclass
@@ -39,29 +39,38 @@ class Pooled:
 
 
 class ViewPooler:
+    """Per view: sum [N, H] and count [N] of the view's positions, one batched matmul per chunk."""
+
     def __init__(self, n_samples: int, hidden: int, plan: dict):
         self.plan = plan
-        self.sums = {v: torch.zeros(n_samples, hidden, dtype=torch.float32) for v in plan}
-        self.counts = {v: torch.zeros(n_samples, dtype=torch.int64) for v in plan}
+        self.views = list(plan)
+        self.sums = torch.zeros(len(self.views), n_samples, hidden, dtype=torch.float32)
+        self.counts = torch.zeros(len(self.views), n_samples, dtype=torch.int64)
 
     def add(self, chunk: Chunk) -> None:
-        for view, spec in self.plan.items():
-            m = view_row_mask(chunk, spec)
-            if not bool(m.any()):
-                continue
-            seg = chunk.sample[m] + chunk.start
-            self.sums[view].index_add_(0, seg, chunk.rows[m])
-            self.counts[view].index_add_(0, seg, torch.ones_like(seg))
+        if not self.views:
+            return
+        masks = torch.stack([view_mask(chunk, self.plan[v]) for v in self.views], dim=1)   # [c, V, T_c]
+        weights = masks.to(torch.float32)
+        sums = torch.bmm(weights, chunk.block)                                              # [c, V, H]
+        if not bool(torch.isfinite(sums).all()):
+            # a NaN/Inf row: 0 * NaN would leak it into every view; zero it, and void the views it is in
+            bad = ~torch.isfinite(chunk.block).all(dim=2)                                   # [c, T_c]
+            block = torch.where(bad.unsqueeze(2), torch.zeros((), dtype=chunk.block.dtype), chunk.block)
+            sums = torch.bmm(weights, block)
+            hit = (masks & bad.unsqueeze(1)).any(dim=2)                                     # [c, V]
+            sums[hit] = float("nan")
+        self.sums[:, chunk.start:chunk.stop] = sums.transpose(0, 1)
+        self.counts[:, chunk.start:chunk.stop] = masks.sum(dim=2).transpose(0, 1)
 
     def result(self) -> dict[str, Pooled]:
         out = {}
-        for view in self.plan:
-            counts = self.counts[view]
-            vec = self.sums[view] / counts.clamp(min=1).unsqueeze(1).to(torch.float32)
+        for k, view in enumerate(self.views):
+            counts = self.counts[k]
+            vec = self.sums[k] / counts.clamp(min=1).unsqueeze(1).to(torch.float32)
             valid = (counts > 0) & torch.isfinite(vec).all(dim=1)
             vec[~valid] = float("nan")
             out[view] = Pooled(vec.numpy(), counts.numpy(), valid.numpy())
-        self.sums.clear()
         return out
 
 

@@ -9,6 +9,7 @@ token kinds and the sample each row belongs to.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -104,18 +105,41 @@ def layer_file_from_dict(data: Mapping[str, Any], path: Path | None = None) -> L
 
 @dataclass
 class Chunk:
-    """Stored rows of samples [start, stop), padding removed."""
+    """Samples [start, stop) as a float32 block [c, T_c, H]; positions beyond a sample's length are 0.
+
+    `block` is what pooling multiplies with its view masks (one batched matmul per chunk);
+    `rows`, `sample`, `position` and `row_kinds` are the stored positions only, for consumers that
+    work row by row (the SAE encoder).
+    """
 
     start: int
     stop: int
-    rows: torch.Tensor             # float32 [R, H]
-    kinds: torch.Tensor | None     # int8 [R]
-    sample: torch.Tensor           # int64 [R]: index of the row's sample within the chunk (0-based)
-    position: torch.Tensor         # int64 [R]: the row's position within its sample
+    block: torch.Tensor            # float32 [c, T_c, H]
+    kinds: torch.Tensor | None     # int8 [c, T_c] (pad beyond lengths); None in files without token_kinds
+    lengths: torch.Tensor          # int64 [c]
 
     @property
     def n(self) -> int:
         return self.stop - self.start
+
+    @cached_property
+    def valid(self) -> torch.Tensor:
+        """bool [c, T_c]: stored positions."""
+        return torch.arange(self.block.shape[1]).unsqueeze(0) < self.lengths.unsqueeze(1)
+
+    @cached_property
+    def rows(self) -> torch.Tensor:
+        return self.block[self.valid]
+
+    @cached_property
+    def sample(self) -> torch.Tensor:
+        """int64 [R]: the chunk-local sample of every stored row."""
+        return torch.repeat_interleave(torch.arange(self.n), self.lengths)
+
+    @cached_property
+    def position(self) -> torch.Tensor:
+        """int64 [R]: the position of every stored row within its sample."""
+        return self.valid.nonzero()[:, 1]
 
 
 def samples_per_chunk(lf: LayerFile, chunk_bytes: int = CHUNK_BYTES) -> int:
@@ -133,17 +157,18 @@ def iter_chunks(lf: LayerFile, chunk_bytes: int = CHUNK_BYTES) -> Iterator[Chunk
     for i0 in range(0, lf.n_samples, step):
         i1 = min(lf.n_samples, i0 + step)
         lens = lf.lengths[i0:i1]
-        sample = torch.repeat_interleave(torch.arange(i1 - i0), lens)
-        starts = torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
-        position = torch.arange(len(sample)) - starts
         if lf.layout == "padded":
-            block = lf.activations[i0:i1]                        # mmap view [c, T_max, H]
-            mask = torch.arange(block.shape[1]).unsqueeze(0) < lens.unsqueeze(1)
-            rows = block[mask].to(torch.float32)                 # copies only the stored positions
-            kinds = lf.token_kinds[i0:i1][mask] if lf.token_kinds is not None else None
+            block = lf.activations[i0:i1].to(torch.float32)       # mmap slice [c, T_max, H] -> float32 copy
+            kinds = lf.token_kinds[i0:i1] if lf.token_kinds is not None else None
         else:
             a, b = int(lf.offsets[i0]), int(lf.offsets[i1])
-            rows = lf.activations[a:b].to(torch.float32)
-            kinds = lf.token_kinds[a:b] if lf.token_kinds is not None else None
-        yield Chunk(i0, i1, rows, kinds, sample, position)
-        del rows
+            width = int(lens.max()) if len(lens) else 0
+            valid = torch.arange(width).unsqueeze(0) < lens.unsqueeze(1)
+            block = torch.zeros(i1 - i0, width, lf.hidden_size, dtype=torch.float32)
+            block[valid] = lf.activations[a:b].to(torch.float32)
+            kinds = None
+            if lf.token_kinds is not None:
+                kinds = torch.zeros(i1 - i0, width, dtype=torch.int8)
+                kinds[valid] = lf.token_kinds[a:b]
+        yield Chunk(i0, i1, block, kinds, lens)
+        del block

@@ -13,6 +13,7 @@ import logging
 import sys
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from itertools import combinations
 from pathlib import Path
@@ -54,6 +55,7 @@ class Options:
     sae_batch_rows: int = 1024
     report: bool = True
     scratch_dir: Path | None = None         # Gram matrices for CKA (default: a temporary folder)
+    threads: int | None = 1                 # torch / BLAS threads inside the stage (None: leave as they are)
 
     def check(self) -> None:
         if self.folds < 2:
@@ -69,6 +71,8 @@ class Options:
             raise LayerwiseError("sae_heldout_fraction must be between 0 and 1")
         if self.cka_max_samples is not None and self.cka_max_samples < 3:
             raise LayerwiseError("cka_max_samples must be >= 3")
+        if self.threads is not None and self.threads < 1:
+            raise LayerwiseError("threads must be >= 1")
 
 
 def make_options(options: Mapping[str, Any]) -> Options:
@@ -173,7 +177,34 @@ def analyze(layer_files: list[Path], out_dir: Path, sae_dirs: dict | None = None
     opts = make_options(options)
     if not layer_files:
         raise LayerwiseError("no layer files given")
-    out_dir = Path(out_dir)
+    with _threads(opts.threads):
+        return _analyze(list(layer_files), Path(out_dir), sae_dirs, opts)
+
+
+@contextmanager
+def _threads(n: int | None):
+    """Run with n torch intra-op and BLAS/OpenMP threads, restored afterwards.
+
+    One thread by default: the stage's tensor operations are small or memory-bound, and on a shared
+    node spare threads only spin (a 2-thread isin/isfinite on a loaded 2-core machine ran 100x
+    slower than with one).
+    """
+    if n is None:
+        yield
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _analyze(layer_files: list[Path], out_dir: Path, sae_dirs: dict | None, opts: Options) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     notes, timer = Notes(), Timer()
     t_start = time.perf_counter()
@@ -314,7 +345,11 @@ def _per_view(layer, lang, view, lf: LayerFile, p, opts: Options, notes: Notes, 
         notes.add(f"probe and direction skipped: {why}", layer, lang, view, "probes")
         return
     X = p.vectors[idx]
-    splits = fold_splits(y, opts.folds, opts.seed, _groups_for(lf, idx, opts))
+    try:
+        splits = fold_splits(y, opts.folds, opts.seed, _groups_for(lf, idx, opts))
+    except ValueError as exc:        # e.g. fewer groups than folds
+        notes.add(f"probe and direction skipped: no {opts.folds}-fold split: {exc}", layer, lang, view, "probes")
+        return
     classes = class_counts(y, opts.classes)
     with timer("probes"):
         r = probe(X, y, splits, permutations=opts.permutations, seed=opts.seed, C=opts.C, n_jobs=opts.n_jobs)
@@ -378,7 +413,12 @@ def _cross_language(layer, files: dict[str, LayerFile], pooled: dict, base_dir_r
             else:
                 Xa, Xb = pa.vectors[ia[lab_idx]], pb.vectors[ib[lab_idx]]
                 groups = _groups_for(files[la], ia[lab_idx], opts)
-                splits = fold_splits(y, opts.folds, opts.seed, groups)
+                try:
+                    splits = fold_splits(y, opts.folds, opts.seed, groups)
+                except ValueError as exc:
+                    why = f"no {opts.folds}-fold split: {exc}"
+                    notes.add(f"probe transfer {la}<->{lb} skipped: {why}", layer, None, view, "directions")
+            if not why:
                 stats_ab = _transfer_fields(len(y), transfer_scores(Xa, Xb, y, splits, opts.C, opts.seed))
                 stats_ba = _transfer_fields(len(y), transfer_scores(Xb, Xa, y, splits, opts.C, opts.seed))
             cos = _direction_cosines(Xa, Xb, y, opts) if not why else _direction_cosines(None, None, None, opts)

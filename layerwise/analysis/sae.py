@@ -21,7 +21,7 @@ from sklearn.model_selection import StratifiedShuffleSplit
 
 from ..errors import LayerwiseError
 from . import stats
-from .pooling import view_row_mask
+from .pooling import view_mask
 from .reader import Chunk
 
 BATCH_ROWS = 1024
@@ -91,7 +91,7 @@ class SaeLatentPooler:
         return z
 
     def add(self, chunk: Chunk) -> None:
-        masks = {v: view_row_mask(chunk, spec) for v, spec in self.plan.items()}
+        masks = {v: view_mask(chunk, spec)[chunk.valid] for v, spec in self.plan.items()}   # [R] each
         union = torch.zeros(len(chunk.sample), dtype=torch.bool)
         for m in masks.values():
             union |= m

@@ -7,6 +7,7 @@ Modules (one job each):
 * `source`    -- `LayerSource`: one layer file, memory-mapped, read as runs of consecutive samples
 * `provider`  -- `ActivationProvider`: chunked reads, shuffle buffer, token-kind filters, batches
 * `metrics`   -- explained variance / MSE / L0 / dead latents of an SAE; `write_metrics` (Parquet)
+* `evaluate`  -- `evaluate_split`: any SAELens SAE (ours, Gemma Scope) on a split of layer files
 * `outputs`   -- names and small files of the SAE folders (split.json, metrics.json, training.json)
 * `train`     -- `train_layer_sae`: SAELens `SAETrainer` on the provider; save, evaluate (imports SAELens)
 * `synthetic` -- synthetic layer files with planted structure (tests, benchmarks)
@@ -19,14 +20,15 @@ from typing import Any
 
 from .metrics import METRIC_COLUMNS, read_metrics, reconstruction_stats, write_metrics
 from .options import SAEOptions, SAEOptionsError, option_specs
-from .outputs import collect_metrics, held_out_ids, read_split, sae_folder_name
+from .evaluate import evaluate_split
+from .outputs import collect_metrics, held_out_ids, read_options, read_split, sae_folder_name
 from .provider import ActivationProvider
 from .source import LayerSource, open_sources
 from .split import is_validation, split_ids, split_mask
 
 __all__ = ["METRIC_COLUMNS", "ActivationProvider", "LayerSource", "SAEOptions", "SAEOptionsError",
-           "collect_metrics", "held_out_ids", "is_validation", "open_sources", "option_specs", "read_metrics",
-           "read_split", "reconstruction_stats", "sae_folder_name", "split_ids", "split_mask", "train_layer_sae",
+           "collect_metrics", "evaluate_split", "held_out_ids", "is_validation", "open_sources", "option_specs", "read_metrics",
+           "read_options", "read_split", "reconstruction_stats", "sae_folder_name", "split_ids", "split_mask", "train_layer_sae",
            "write_metrics"]
 
 

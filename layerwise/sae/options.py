@@ -20,6 +20,7 @@ from ..errors import LayerwiseError
 ARCHITECTURES = ("topk", "jumprelu", "standard")
 TRAIN_DTYPES = ("float32", "bfloat16")
 NORMALIZATIONS = ("expected_average_only_in", "none")
+B_DEC_INITS = ("mean", "zeros")
 POOLED = "pooled"                      # `language` value: every language's file of the layer together
 ALL_KINDS = "all"                      # `keep_kinds` value: every stored kind except padding
 NO_KINDS = "none"                      # `drop_kinds` value: drop nothing (besides padding)
@@ -60,6 +61,8 @@ class SAEOptions:
     normalize_activations: str = _opt("expected_average_only_in", "scale inputs to mean norm sqrt(d_in) while "
                                       "training (SAELens; folded into the saved weights, which take raw "
                                       "activations) or not", choices=NORMALIZATIONS)
+    init_b_dec: str = _opt("mean", "initial decoder bias: the mean of the training rows (estimated from "
+                           "norm_estimate_batches batches) or zeros", choices=B_DEC_INITS)
     # --- optimisation and budget
     lr: float = _opt(3e-4, "Adam learning rate", exclusive_minimum=0)
     lr_warm_up_fraction: float = _opt(0.0, "fraction of the steps with a linear learning-rate warm-up",
@@ -92,7 +95,8 @@ class SAEOptions:
     buffer_tokens: int = _opt(131072, "rows in the in-memory shuffle buffer (>= chunk_tokens)", minimum=1)
     prefetch_batches: int = _opt(4, "batches prepared ahead in a background thread; 0: no thread", minimum=0)
     norm_estimate_batches: int = _opt(50, "batches used to estimate the activation scale "
-                                      "(normalize_activations=expected_average_only_in)", minimum=1)
+                                      "(normalize_activations=expected_average_only_in) and mean (init_b_dec=mean)",
+                                      minimum=1)
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -64,3 +64,11 @@ def collect_metrics(root: str | os.PathLike) -> list[dict[str, Any]]:
     for path in sorted(Path(root).glob(f"layer_*/{METRICS_FILE}")):
         records += json.loads(path.read_text(encoding="utf-8"))
     return records
+
+
+def read_options(folder: str | os.PathLike):
+    """The SAEOptions an SAE folder was trained with (from training.json): to select the same rows again."""
+    from .options import SAEOptions
+
+    training = json.loads((Path(folder) / TRAINING_FILE).read_text(encoding="utf-8"))
+    return SAEOptions.from_mapping(training["options"])

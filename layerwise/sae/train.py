@@ -62,6 +62,20 @@ def build_training_sae(options: SAEOptions, d_in: int, d_sae: int, device: str, 
     raise AssertionError(options.architecture)  # SAEOptions checked it
 
 
+@torch.no_grad()
+def input_statistics(provider: ActivationProvider, n_batches: int) -> tuple[float, torch.Tensor]:
+    """(mean row norm, mean row [H]) over n_batches shuffled training batches (float64 sums)."""
+    norm_sum, row_sum, rows = 0.0, torch.zeros(provider.hidden_size, dtype=torch.float64), 0
+    for i, batch in enumerate(provider):
+        x = batch.double()
+        norm_sum += float(x.norm(dim=1).sum())
+        row_sum += x.sum(0)
+        rows += x.shape[0]
+        if i + 1 >= n_batches:
+            break
+    return norm_sum / rows, (row_sum / rows).float()
+
+
 def training_budget(options: SAEOptions, train_rows: int) -> tuple[int, int]:
     """(steps, rows): the rows the trainer consumes, a whole number of batches (at least one)."""
     rows = options.training_tokens if options.training_tokens > 0 else int(round(options.epochs * train_rows))
@@ -115,10 +129,16 @@ def train_layer_sae(layer_files: Sequence[str | os.PathLike], out_dir: str | os.
         stream = PrefetchingIterator(stream, prefetch=options.prefetch_batches)
     trainer = sl.SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=stream)
     scaling = None
-    if options.normalize_activations == "expected_average_only_in":
-        norm_data = iter(ActivationProvider.for_split(sources, options, TRAIN, seed=options.seed + 1))
-        trainer.activation_scaler.estimate_scaling_factor(d_in, norm_data, options.norm_estimate_batches)
-        scaling = trainer.activation_scaler.scaling_factor
+    if options.normalize_activations == "expected_average_only_in" or options.init_b_dec == "mean":
+        mean_norm, mean = input_statistics(ActivationProvider.for_split(sources, options, TRAIN, seed=options.seed + 1),
+                                           options.norm_estimate_batches)
+        if options.normalize_activations == "expected_average_only_in":
+            # SAELens's own estimate (ActivationScaler.estimate_scaling_factor), from the same batches;
+            # setting it here makes fit() skip its estimate and fold the factor into the weights at the end.
+            scaling = trainer.activation_scaler.scaling_factor = d_in ** 0.5 / mean_norm
+        if options.init_b_dec == "mean":
+            with torch.no_grad():
+                sae.b_dec.copy_((mean * (scaling or 1.0)).to(sae.b_dec.dtype))
     started = time.perf_counter()
     try:
         trainer.fit()

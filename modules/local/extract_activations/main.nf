@@ -20,6 +20,7 @@ process EXTRACT_ACTIVATIONS {
     path prompts
     tuple val(model), val(revision)
     val source_digest
+    val image_cache                         // shared image-feature cache folder (a string), '' = none
 
     output:
     tuple val(meta), path("${meta.id}"), emit: unit
@@ -31,7 +32,8 @@ process EXTRACT_ACTIVATIONS {
     script:
     def args  = task.ext.args ?: ''           // --dtype, --token-selection, ... (conf/modules.config)
     def rev   = revision ? "--revision '${revision}'" : ''
-    def cache = params.share_image_features ? "--image-cache '${params.image_cache ?: "${workflow.workDir}/layerwise-image-features"}'" : ''
+    // (a string input: a Path such as workflow.workDir referenced here would be hashed by its contents)
+    def cache = image_cache ? "--image-cache '${image_cache}'" : ''
     // A retry (job killed for time or memory: see errorStrategy) continues from the last checkpoint of
     // the previous attempt, unless a live process still owns it (layerwise.extract.adopt_checkpoint).
     def prev  = task.attempt > 1 && task.previousTrace?.workdir ? "--adopt-from '${task.previousTrace.workdir}/${meta.id}'" : ''

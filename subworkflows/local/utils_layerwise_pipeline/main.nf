@@ -18,6 +18,7 @@ workflow PIPELINE_INITIALISATION {
     digest_all  = Channel.value(init.digest_all)    // SHA-256 of layerwise/**.py + assets/prompts.json
     digest_core = Channel.value(init.digest_core)   // the same without LayerwiseUtils.DOWNSTREAM_ONLY
     outdir      = Channel.value(init.outdir)        // absolute --outdir (locked by this run)
+    image_cache = Channel.value(init.image_cache)   // image-feature cache folder, '' = none
 }
 
 /**
@@ -93,6 +94,9 @@ def initialise() {
         digest_all : digest_all,
         digest_core: digest_core,
         outdir     : file(params.outdir.toString()).toAbsolutePath().toString(),
+        // a plain string: tasks hash it as text (a Path value would be hashed by its contents)
+        image_cache: params.share_image_features ?
+            (params.image_cache ?: "${workflow.workDir}/layerwise-image-features").toString() : '',
     ]
 }
 
