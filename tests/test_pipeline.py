@@ -374,9 +374,11 @@ def _extract_status(run) -> dict[str, str]:
     return {r["tag"]: r["status"] for r in rows_of(run.trace(), "EXTRACT_ACTIVATIONS")}
 
 
-def test_languages_layers_images_stale_files_and_linked_damage(tmp_path, samplesheet):
+def test_languages_layers_images_stale_files_and_linked_damage(tmp_path, samplesheet, tiny_model_dir):
     sheet = _own_sheet(tmp_path, samplesheet)
-    common = ("--input", sheet, "--layer_groups", "auto", "--samples_per_task", "0")
+    model = tmp_path / "model"                        # a copy, so that its weights can change
+    shutil.copytree(tiny_model_dir, model)
+    common = ("--input", sheet, "--model", model, "--layer_groups", "auto", "--samples_per_task", "0")
 
     def go(*args):
         run = run_pipeline(tmp_path, *common, *args, resume=True, timeout=RUN_TIMEOUT)
@@ -426,8 +428,15 @@ def test_languages_layers_images_stale_files_and_linked_damage(tmp_path, samples
     assert sha256_file(linked) == good
     assert "was changed since it was published" in fifth.output
 
+    # new weights behind the same model path (here: the weights file rewritten) re-run the unit
+    weights = next(model.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes())
+    sixth = go("--layers", "0", "--languages", "english")
+    assert _extract_status(sixth) == {"L0_english_s0": "COMPLETED"}
+    assert sha256_file(linked) == good                # same weights, same values
+
     # results survive removing work/ and load with plain torch
-    shutil.rmtree(fifth.workdir)
+    shutil.rmtree(sixth.workdir)
     for f in (out / "layer_checkpoints").iterdir():
         assert f.is_file() and not f.is_symlink()
         d = torch.load(f, weights_only=True, mmap=True)
