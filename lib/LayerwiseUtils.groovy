@@ -152,8 +152,11 @@ class LayerwiseUtils {
     static String errorLine(String message) {
         if (!message) return null
         List<String> lines = message.readLines().collect { it.replaceAll(/\033\[[0-9;]*m/, '').trim() }.findAll { it }
-        String ours = lines.find { it.startsWith('ERROR: ') && !it.startsWith('ERROR ~') }
-        if (ours) return ours.substring(7)
+        int at = lines.findIndexOf { it.startsWith('ERROR: ') && !it.startsWith('ERROR ~') }
+        if (at >= 0) {   // a message that lists its problems below a header: show the first one too
+            String ours = lines[at].substring(7)
+            return ours.endsWith(':') && at + 1 < lines.size() ? "${ours} ${lines[at + 1].replaceFirst(/^[-*] /, '')}".toString() : ours
+        }
         def noise = { String l -> l.contains('\r') || l =~ /\d+%\|/ || l =~ /it\/s\]/ || l.startsWith('Traceback') ||
                                   l.startsWith('File "') || l =~ /(?i)warn/ }
         String exc = lines.reverse().find { it =~ /^([A-Za-z_][\w.]*)(Error|Exception|Interrupt|Exit)\b.*/ && !noise(it) }
