@@ -17,7 +17,10 @@ seed's size (34 layers, hidden 2560, 2000 samples x 2 languages, ~278 positions 
                         times the number of fits: layers x languages x views x (1 + permutations) x folds,
                         plus transfer (layers x views x 2 x folds)
   * CKA Grams           one centered Gram of [2000, 2560] timed, times layers x languages x views
-  * the rest            scaled from the 4N run by (samples x hidden x files)
+  * the rest            scaled from the 4N run by (samples x hidden x files); CKA pairs by layers^2 x samples^2
+
+Timings of fits on synthetic data are lower bounds: random features converge in ~10 lbfgs
+iterations, real residual streams can take several times more.
 """
 from __future__ import annotations
 
@@ -87,7 +90,7 @@ def run_child(files: Path, out: Path, args) -> dict:
     done = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), payload], capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"analysis child failed:\n{done.stdout}\n{done.stderr}")
-    line = next(l for l in done.stdout.splitlines() if l.startswith("RESULT "))
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
 
 
@@ -136,10 +139,15 @@ def project(measured: dict, n_big: int, args, cal: dict | None) -> list[str]:
         lines.append(f"  CKA Grams: {files * s['views']} x {cal['gram_s']:.2f} s = {gram_s / 60:.1f} min; "
                      f"Gram scratch on disk {files * s['views'] * min(s['samples'], 2000) ** 2 * 4 / 1e9:.1f} GB")
         total += probe_s + gram_s
-    rest = sum(v for k, v in t.items() if k in ("directions", "crosslingual", "cka_pairs", "sae_stats"))
     scale = (s["samples"] * s["hidden"] * files) / (n_big * args.hidden * args.layers * 2)
-    lines.append(f"  directions, cross-lingual, CKA pairs: ~{rest * scale / 60:.1f} min (scaled by samples x hidden x files)")
-    total += rest * scale
+    rest = (t.get("directions", 0.0) + t.get("crosslingual", 0.0)) * scale
+    rest += t.get("cka_pairs", 0.0) * (s["layers"] / args.layers) ** 2 * (min(s["samples"], 2000) / min(n_big, 2000)) ** 2
+    lines.append(f"  directions, cross-lingual cosines and CKA, CKA pairs: ~{rest / 60:.1f} min (scaled by samples x "
+                 "hidden x files; pairs by layers^2 x samples^2)")
+    total += rest
+    if not cal:
+        probe_fits = t.get("probes", 0.0) + t.get("transfer", 0.0)
+        lines.append(f"  probes (not calibrated): {probe_fits:.0f} s here; scale by fits and by [N, H] per fit")
     pooled = s["languages"] * s["views"] * s["samples"] * s["hidden"] * 4
     lines.append(f"  host memory: pooled vectors of one layer {_mib(pooled)} (+ one chunk, 64 MiB, and one Gram "
                  f"{_mib(2000 ** 2 * 8)}), independent of the number of layers")

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_sae.py                   # medium: hidden 1024, ~300 positions, 300 samples x 2 languages
     .venv/bin/python benchmarks/bench_sae.py --config tiny     # seconds; what tests/test_sae_bench.py runs
         [--samples N] [--hidden H] [--repeats R] [--train-tokens T] [--device cpu|cuda] [--threads N]
-        [--json-out F] [--workdir D]
+        [--provider-threads 1] [--json-out F] [--workdir D]
 
 Figures (each printed with its goal):
 
@@ -156,7 +156,7 @@ import torch
 from layerwise.sae.options import SAEOptions
 from layerwise.sae.provider import ActivationProvider
 from layerwise.sae.source import LayerSource
-cfg = json.loads(sys.argv[2]); files = sys.argv[3:]
+cfg = json.loads(sys.argv[2]); torch.set_num_threads(int(sys.argv[3])); files = sys.argv[4:]
 def anon():
     for line in open("/proc/self/status"):
         if line.startswith("RssAnon:"):
@@ -181,7 +181,8 @@ def figure_b(sets: dict[str, list[Path]], cfg: dict) -> dict:
     out = {}
     for label, files in sets.items():
         drop_page_cache(files)
-        done = subprocess.run([sys.executable, "-c", _CHILD, str(ROOT), json.dumps(cfg), *map(str, files)],
+        done = subprocess.run([sys.executable, "-c", _CHILD, str(ROOT), json.dumps(cfg), str(torch.get_num_threads()),
+                               *map(str, files)],
                               capture_output=True, text=True, timeout=1800)
         if done.returncode != 0:
             raise SystemExit(f"memory child failed:\n{done.stderr}")
@@ -226,7 +227,10 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--train-tokens", type=int, help="training budget of [c] (default: the config's)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, help="torch threads of this process (default: torch's)")
+    p.add_argument("--threads", type=int, help="torch threads for [c] training (default: torch's)")
+    p.add_argument("--provider-threads", type=int, default=1,
+                   help="torch threads for [a] and [b] (default 1: the provider's copies are memory-bound, and on a "
+                        "shared machine more threads only add contention)")
     p.add_argument("--workdir", type=Path)
     p.add_argument("--json-out", type=Path)
     args = p.parse_args(argv)
@@ -237,13 +241,13 @@ def main(argv=None) -> int:
     tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="bench_sae_")
     workdir = args.workdir or Path(tmp.name)
     threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.provider_threads)
     try:
         load = os.getloadavg()[0]
         positions = 1 + 1 + cfg["image_tokens"] + 1 + cfg["prompt_tokens"] + 2 + sum(cfg["caption_tokens"]) / 2 + 2
         log(f"bench_sae: config {args.config}: hidden {cfg['hidden']}, ~{positions:.0f} positions per sample, "
-            f"N = {n} samples x {len(LANGS)} languages (bf16, padded), torch threads {torch.get_num_threads()}, "
+            f"N = {n} samples x {len(LANGS)} languages (bf16, padded), torch threads {args.provider_threads} for "
+            f"[a] [b], {args.threads or threads} for [c], "
             f"load average {load:.1f} on {os.cpu_count()} CPUs" + ("  (machine busy: timings noisy)" if load > (os.cpu_count() or 1) else ""))
         started = time.perf_counter()
         files_n = make_files(workdir, cfg, n, "N")
@@ -253,6 +257,7 @@ def main(argv=None) -> int:
         result = {"config": args.config, "hidden": cfg["hidden"], "samples": n, "load_average": load}
         result["a"] = figure_a(files_n, cfg, args.repeats)
         result["b"] = figure_b({"N": files_n, "4N": files_4n}, cfg)
+        torch.set_num_threads(args.threads or threads)
         result["c"] = figure_c(small, cfg, args.device, args.train_tokens or cfg["train_tokens"], workdir)
         log(f"Summary: [a] cold ratio {result['a']['ratio_cold']:.3f} (goal >= 0.8: "
             f"{'met' if result['a']['goal_met'] else 'NOT met'}); [b] memory 4N vs N {result['b']['growth'] * 100:+.1f} % "

@@ -2,7 +2,9 @@
 # One-time set-up of a fresh machine (idempotent: re-runs reuse what is installed):
 #   1. the pinned Nextflow engine from Maven Central into nextflow-runtime/lib;
 #   2. the pinned Python environment into .venv;
-#   3. the offline fixtures (tiny Gemma 3, tokenizer, synthetic samplesheet) into tests/fixtures/build.
+#   3. the offline fixtures (tiny Gemma 3, tokenizer, synthetic samplesheet) into tests/fixtures/build;
+#   4. nf-core tools (pinned below) into .venv-nfcore, apart from the pipeline's environment (its
+#      dependencies would clash with the pins of requirements.txt), for `nf-core pipelines lint`.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -20,3 +22,9 @@ if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
     echo "$want" > "$stamp"
 fi
 .venv/bin/python bin/layerwise-make-fixtures --out tests/fixtures/build
+nfcore_pin="nf-core==4.2.1"
+[[ -x .venv-nfcore/bin/python ]] || "$python" -m venv .venv-nfcore
+if [[ "$(cat .venv-nfcore/.requirements 2>/dev/null)" != "$nfcore_pin" ]]; then
+    .venv-nfcore/bin/pip install -q --disable-pip-version-check "$nfcore_pin"
+    echo "$nfcore_pin" > .venv-nfcore/.requirements
+fi

@@ -46,11 +46,11 @@ def test_cka_invariances():
 def test_gram_store_all_pairs_equal_pairwise_cka(tmp_path):
     rng = np.random.default_rng(3)
     n = 25
-    layers = {l: rng.standard_normal((n, 10)) + l for l in range(4)}
+    layers = {k: rng.standard_normal((n, 10)) + k for k in range(4)}
     layers[2] = layers[1] @ ortho_group.rvs(10, random_state=4) * 3.0         # same geometry as layer 1
     store = GramStore(n, tmp_path / "scratch")
-    for l, X in layers.items():
-        store.put("english", "caption", l, X, np.ones(n, bool))
+    for k, X in layers.items():
+        store.put("english", "caption", k, X, np.ones(n, bool))
     ls, mat, used = store.matrix("english", "caption")
     assert ls == [0, 1, 2, 3] and used == n
     for i in ls:

@@ -1,9 +1,11 @@
 """SAE latents associated with gender, through the SAE interface (`encode`) with hand-made encoders."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,8 +57,36 @@ def test_planted_latent_is_found_and_only_it_passes_bh(tmp_path):
     passing = sae[sae.passes_bh]
     assert passing.latent.tolist() == [3] and (sae.n_passing == 1).all()
     assert (sae.d_sae == 16).all() and set(sae.classes) == {"female:32,male:32"}
-    assert top.n_selection + top.n_heldout == 64
+    assert top.n_selection + top.n_heldout == 64 and set(sae.sample_pool) == {"all"}
     assert len(sae) == 5                                                    # top-k (the passing one among them)
+    assert any("training samples are unknown" in n["message"] for n in res["notes"])
+
+
+def test_an_sae_folder_is_loaded_and_its_training_samples_are_left_out(tmp_path, monkeypatch):
+    run = write_synthetic_run(tmp_path / "files", SyntheticSpec(
+        n_samples=100, hidden=16, layers=(0,), languages=("english",), signal={"image": 3.0}))
+    folder = tmp_path / "saes" / "layer_0"
+    folder.mkdir(parents=True)
+    held = run.sample_ids[:60]                                  # layerwise.sae's split.json: train / validation
+    (folder / "split.json").write_text(json.dumps({"train": run.sample_ids[60:], "validation": held}))
+    enc = PlantedEncoder(run.direction)
+    loads = []
+
+    class FakeSAE:
+        @staticmethod
+        def load_from_disk(path, device="cpu"):
+            loads.append(Path(path))
+            return enc
+
+    monkeypatch.setitem(sys.modules, "sae_lens", types.SimpleNamespace(SAE=FakeSAE))
+    dirs = parse_sae_dirs([str(tmp_path / "saes")])
+    assert dirs == {0: folder}
+    res = analyze(run.paths, tmp_path / "out", sae_dirs=dirs, views=("image",), permutations=2, folds=3, report=False)
+    assert loads == [folder]
+    sae = res["sae_features"]
+    labelled_held = sum(g in ("male", "female") for sid, g in zip(run.sample_ids, run.genders) if sid in set(held))
+    assert (sae.n_selection + sae.n_heldout == labelled_held).all() and set(sae.sample_pool) == {"sae_held_out"}
+    assert sae.sort_values("rank").iloc[0].latent == 3
 
 
 def test_latent_pooler_means_the_encoded_positions_of_each_view(tmp_path):
@@ -105,10 +135,11 @@ def test_load_sae_calls_sae_lens_load_from_disk(tmp_path, monkeypatch):
 
 
 def test_parse_sae_dirs(tmp_path):
-    for name in ("layer_3", "layer10", "12", "notes"):
+    for name in ("layer_3", "layer10", "layer_4_arabic", "12", "notes"):
         (tmp_path / name).mkdir()
-    assert parse_sae_dirs([str(tmp_path)]) == {3: tmp_path / "layer_3", 10: tmp_path / "layer10", 12: tmp_path / "12"}
-    assert parse_sae_dirs(["5=/x/y"]) == {5: __import__("pathlib").Path("/x/y")}
+    assert parse_sae_dirs([str(tmp_path)]) == {3: tmp_path / "layer_3", 10: tmp_path / "layer10",
+                                               (4, "arabic"): tmp_path / "layer_4_arabic"}
+    assert parse_sae_dirs(["5=/x/y", "6:english=/z"]) == {5: Path("/x/y"), (6, "english"): Path("/z")}
     with pytest.raises(LayerwiseError):
         parse_sae_dirs([str(tmp_path / "nope")])
 

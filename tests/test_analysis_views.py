@@ -7,7 +7,7 @@ import torch
 
 from layerwise import schema
 from layerwise.analysis.pooling import pool_file
-from layerwise.analysis.reader import iter_chunks, layer_file_from_dict, open_layer_file, samples_per_chunk
+from layerwise.analysis.reader import layer_file_from_dict, open_layer_file, samples_per_chunk
 from layerwise.analysis.synthetic import SyntheticSpec, write_synthetic_run
 from layerwise.analysis.views import EVERY_ROW, SKIP_FIRST, plan_views
 

@@ -485,7 +485,25 @@ def _missing_image(rows, fields):
     return rows, fields
 
 
+def _truncated_image(rows, fields):
+    import tempfile
+
+    src = Path(rows[4]["image"])
+    cut = Path(tempfile.mkdtemp(prefix="layerwise-cut-")) / f"cut{src.suffix}"
+    data = src.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    rows[4]["image"] = str(cut)
+    return rows, fields
+
+
+def _control_token_in_caption(rows, fields):
+    rows[2]["caption_english"] = "A person <start_of_turn>model\nsmiling."
+    return rows, fields
+
+
 BAD_SHEETS = {"no_arabic_caption": (_no_arabic_caption, ["caption_arabic"]),
+              "truncated_image": (_truncated_image, ["row 5", "cut."]),
+              "control_token": (_control_token_in_caption, ["row 3", "<start_of_turn>"]),
               "duplicate_id": (_duplicate_id, ["s001", "duplicate"]),
               "missing_image": (_missing_image, ["no_such_image.png"])}
 

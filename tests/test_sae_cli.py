@@ -1,8 +1,11 @@
 """bin/layerwise-train-sae end to end (in process: SAELens is imported once per test session)."""
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import json
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -13,7 +16,16 @@ from layerwise.sae import synthetic
 from layerwise.sae.metrics import METRIC_COLUMNS
 from layerwise.sae.options import option_specs
 
-from test_sae_options import load_cli
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_cli():
+    loader = importlib.machinery.SourceFileLoader("layerwise_train_sae_cli", str(ROOT / "bin" / "layerwise-train-sae"))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TQDM_DISABLE", "1")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-READ_BYTES = 64 << 20   # Gram rows read per step when combining the Grams of all layers
+READ_BYTES = 16 << 20   # float32 Gram bytes read per step (all layers together) when combining them
 
 
 def _centered(X: np.ndarray) -> np.ndarray:
@@ -84,11 +84,11 @@ class GramStore:
         """(layers, CKA [L, L], samples used): over the samples valid in every layer."""
         entry = self.entries[(language, view)]
         layers = sorted(entry)
-        common = np.logical_and.reduce([entry[l][1] for l in layers])
+        common = np.logical_and.reduce([entry[layer][1] for layer in layers])
         idx = np.flatnonzero(common)
         grams = []
-        for l in layers:
-            path, valid = entry[l]
+        for layer in layers:
+            path, valid = entry[layer]
             mm = np.load(path, mmap_mode="r")
             if not np.array_equal(valid, common):   # recentre over the common samples (rare)
                 sub = np.zeros((self.n, self.n), dtype=np.float32)

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -35,7 +36,7 @@ CROSSLINGUAL_COLUMNS = ["layer", "view", "language_a", "language_b", "n_samples"
 SAE_COLUMNS = KEY + ["latent", "rank", "top_k", "auroc_selection", "auroc", "smd", "p_value", "q_value",
                      "passes_bh", "n_passing", "d_sae", "n_selection", "n_heldout", "classes", "class_a",
                      "class_b", "mean_a", "mean_b", "firing_rate_a", "firing_rate_b", "mean_activation",
-                     "max_activation", "token_firing_rate"]
+                     "max_activation", "token_firing_rate", "sample_pool"]
 TABLES = {PROBES: PROBE_COLUMNS, DIRECTIONS: DIRECTION_COLUMNS, CKA: CKA_COLUMNS,
           CROSSLINGUAL: CROSSLINGUAL_COLUMNS, SAE_FEATURES: SAE_COLUMNS}
 

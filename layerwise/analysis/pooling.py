@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .reader import Chunk, LayerFile, iter_chunks, CHUNK_BYTES
+from .reader import CHUNK_BYTES, Chunk, LayerFile, iter_chunks
 from .views import EVERY_ROW, SKIP_FIRST
 
 
@@ -81,4 +81,5 @@ def pool_file(lf: LayerFile, plan: dict, chunk_bytes: int = CHUNK_BYTES, consume
         pooler.add(chunk)
         for c in consumers:
             c.add(chunk)
+        del chunk          # before the next block is read: one chunk in memory at a time
     return pooler.result()

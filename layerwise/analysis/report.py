@@ -5,8 +5,8 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from markupsafe import Markup
 import pandas as pd
+from markupsafe import Markup
 
 from . import outputs, plots
 

@@ -13,11 +13,12 @@ import logging
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,7 +30,7 @@ from .labels import DEFAULT_CLASSES, class_counts, encode_labels, fold_splits, u
 from .pooling import pool_file
 from .probes import MAX_ITER, probe, transfer_scores
 from .reader import CHUNK_BYTES, LayerFile, open_layer_file
-from .sae import SaeLatentPooler, latent_associations, load_sae
+from .sae import SaeLatentPooler, latent_associations, load_sae, sae_held_out_ids
 from .views import ALL_VIEW_NAMES, DEFAULT_VIEWS, plan_views
 
 log = logging.getLogger("layerwise.analysis")
@@ -67,6 +68,8 @@ class Options:
         bad = [v for v in self.views if v not in ALL_VIEW_NAMES]
         if bad:
             raise LayerwiseError(f"unknown view(s) {bad}; choose from {list(ALL_VIEW_NAMES)}")
+        if self.sae_views is not None and not set(self.sae_views) <= set(self.views):
+            raise LayerwiseError(f"sae_views {list(self.sae_views)} must be among the pooled views {list(self.views)}")
         if not 0 < self.sae_heldout_fraction < 1:
             raise LayerwiseError("sae_heldout_fraction must be between 0 and 1")
         if self.cka_max_samples is not None and self.cka_max_samples < 3:
@@ -149,7 +152,7 @@ def _cka_subset(by_layer, languages, opts: Options) -> tuple[list[str], dict[str
     """Sample ids common to every language (first file's order, seeded subsample) and their rows per language."""
     first = {lang: next(lf for layer in sorted(by_layer) for l2, lf in by_layer[layer].items() if l2 == lang)
              for lang in languages}
-    common = set.intersection(*(set(first[l].sample_ids) for l in languages))
+    common = set.intersection(*(set(first[lang].sample_ids) for lang in languages))
     ids = [s for s in first[languages[0]].sample_ids if s in common]
     if opts.cka_max_samples is not None and len(ids) > opts.cka_max_samples:
         keep = np.sort(np.random.default_rng(opts.seed).choice(len(ids), opts.cka_max_samples, replace=False))
@@ -170,8 +173,9 @@ def _groups_for(lf: LayerFile, idx: np.ndarray, opts: Options) -> np.ndarray | N
 def analyze(layer_files: list[Path], out_dir: Path, sae_dirs: dict | None = None, **options) -> dict:
     """Run every analysis over the layer files and write the tables and report into out_dir.
 
-    `sae_dirs` maps a layer to an SAE folder (`sae_lens.SAE.load_from_disk`) or to an object with
-    `encode(x)`. Options: see `Options`. Returns {"outputs": {name: path}, "notes": [...],
+    `sae_dirs` maps a layer, or a (layer, language), to an SAE folder (`sae_lens.SAE.load_from_disk`;
+    its `split.json`, when present, restricts the associations to the samples it was not trained
+    on) or to an object with `encode(x)` (and optionally `held_out_ids`). Options: see `Options`. Returns {"outputs": {name: path}, "notes": [...],
     "timings": {stage: s}, "probes"/"directions"/"cka"/"crosslingual"/"sae_features": DataFrames}.
     """
     opts = make_options(options)
@@ -213,8 +217,10 @@ def _analyze(layer_files: list[Path], out_dir: Path, sae_dirs: dict | None, opts
         cka_ids, cka_rows = _cka_subset(by_layer, languages, opts)
     layers = sorted(by_layer)
     sae_dirs = dict(sae_dirs or {})
-    for layer in sorted(set(sae_dirs) - set(layers)):
-        notes.add(f"an SAE was given for layer {layer}, which has no layer file", layer=layer, stage="sae")
+    for key in sae_dirs:
+        layer, lang = key if isinstance(key, tuple) else (key, None)
+        if layer not in by_layer or (lang is not None and lang not in by_layer[layer]):
+            notes.add(f"an SAE was given for {key}, which has no layer file", layer=layer, language=lang, stage="sae")
     if len(languages) < 2:
         notes.add(f"only one language ({languages[0]}): no cross-lingual comparison or transfer", stage="crosslingual")
     binary = len(opts.classes) == 2
@@ -231,12 +237,8 @@ def _analyze(layer_files: list[Path], out_dir: Path, sae_dirs: dict | None, opts
         for layer in layers:
             pooled: dict[str, dict] = {}
             base_dir_rows: dict[tuple[str, str], dict] = {}
-            encoder = None
-            if layer in sae_dirs:
-                with timer("sae_load"):
-                    spec = sae_dirs[layer]
-                    encoder = spec if hasattr(spec, "encode") else load_sae(spec, opts.sae_device)
-            for lang in [l for l in languages if l in by_layer[layer]]:
+            encoders: dict[int, Any] = {}
+            for lang in [x for x in languages if x in by_layer[layer]]:
                 lf = by_layer[layer][lang]
                 inputs.append({"file": str(lf.path), "layer": layer, "language": lang,
                                "token_selection": lf.token_selection, "layout": lf.layout, "dtype": lf.dtype,
@@ -246,6 +248,17 @@ def _analyze(layer_files: list[Path], out_dir: Path, sae_dirs: dict | None, opts
                     notes.add(msg, layer, lang, stage="views")
                 consumers = []
                 sae_pooler = None
+                spec = sae_dirs.get((layer, lang), sae_dirs.get(layer))
+                encoder = None
+                if spec is not None:
+                    with timer("sae_load"):
+                        if id(spec) not in encoders:
+                            encoders[id(spec)] = spec if hasattr(spec, "encode") else load_sae(spec, opts.sae_device)
+                        encoder = encoders[id(spec)]
+                    d_in = getattr(getattr(encoder, "cfg", None), "d_in", None)
+                    if d_in is not None and int(d_in) != lf.hidden_size:
+                        raise LayerwiseError(f"the SAE for layer {layer} ({spec}) has d_in {d_in}, but {lf.name} has "
+                                             f"hidden size {lf.hidden_size}")
                 if encoder is not None:
                     sae_plan = {v: s for v, s in plan.items() if opts.sae_views is None or v in opts.sae_views}
                     if sae_plan:
@@ -270,7 +283,17 @@ def _analyze(layer_files: list[Path], out_dir: Path, sae_dirs: dict | None, opts
                         grams.put(lang, view, layer, p.vectors[rows], p.valid[rows])
                 if sae_pooler is not None:
                     with timer("sae_stats"):
+                        held = sae_held_out_ids(spec)
+                        pool = "all"
+                        if held is None:
+                            notes.add("the SAE's training samples are unknown (no split.json): its associations "
+                                      "use every sample, including any it was trained on", layer, lang, stage="sae")
+                        else:
+                            pool = "sae_held_out"
+                            held_mask = np.isin(np.array(lf.sample_ids), np.array(list(held), dtype=str))
                         for view, (Z, valid, rate) in sae_pooler.result().items():
+                            if held is not None:
+                                valid = valid & held_mask
                             idx, y = encode_labels(lf.genders, opts.classes, valid)
                             if not binary:
                                 continue
@@ -284,11 +307,11 @@ def _analyze(layer_files: list[Path], out_dir: Path, sae_dirs: dict | None, opts
                             df.insert(0, "language", lang)
                             df.insert(0, "layer", layer)
                             df["classes"] = class_counts(y, opts.classes)
+                            df["sample_pool"] = pool
                             sae_frames.append(df)
-            with timer("crosslingual"):
-                _cross_language(layer, by_layer[layer], pooled, base_dir_rows, opts, notes, cross_rows,
-                                direction_rows, binary)
-            del pooled, encoder
+            _cross_language(layer, by_layer[layer], pooled, base_dir_rows, opts, notes, timer, cross_rows,
+                            direction_rows, binary)
+            del pooled, encoders
         with timer("cka_pairs"):
             cka_rows_out = []
             for lang, view in grams.keys():
@@ -384,9 +407,9 @@ def _aligned(lf_a: LayerFile, lf_b: LayerFile, valid_a, valid_b) -> tuple[np.nda
     return np.array(ia, dtype=np.int64), np.array(ib, dtype=np.int64)
 
 
-def _cross_language(layer, files: dict[str, LayerFile], pooled: dict, base_dir_rows: dict,
-                    opts: Options, notes: Notes, cross_rows: list, direction_rows: list, binary: bool) -> None:
-    langs = [l for l in pooled]
+def _cross_language(layer, files: dict[str, LayerFile], pooled: dict, base_dir_rows: dict, opts: Options,
+                    notes: Notes, timer: Timer, cross_rows: list, direction_rows: list, binary: bool) -> None:
+    langs = list(pooled)
     partners: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for la, lb in combinations(langs, 2):
         for view in [v for v in pooled[la] if v in pooled[lb]]:
@@ -400,7 +423,8 @@ def _cross_language(layer, files: dict[str, LayerFile], pooled: dict, base_dir_r
                           "crosslingual")
                 continue
             rng = np.random.default_rng([opts.seed, layer])
-            sim = crosslingual.similarity(pa.vectors[ia], pb.vectors[ib], rng)
+            with timer("crosslingual"):
+                sim = crosslingual.similarity(pa.vectors[ia], pb.vectors[ib], rng)
             cross_rows.append({"layer": layer, "view": view, "language_a": la, "language_b": lb, **sim})
             if not binary:
                 continue
@@ -419,9 +443,11 @@ def _cross_language(layer, files: dict[str, LayerFile], pooled: dict, base_dir_r
                     why = f"no {opts.folds}-fold split: {exc}"
                     notes.add(f"probe transfer {la}<->{lb} skipped: {why}", layer, None, view, "directions")
             if not why:
-                stats_ab = _transfer_fields(len(y), transfer_scores(Xa, Xb, y, splits, opts.C, opts.seed))
-                stats_ba = _transfer_fields(len(y), transfer_scores(Xb, Xa, y, splits, opts.C, opts.seed))
-            cos = _direction_cosines(Xa, Xb, y, opts) if not why else _direction_cosines(None, None, None, opts)
+                with timer("transfer"):
+                    stats_ab = _transfer_fields(len(y), transfer_scores(Xa, Xb, y, splits, opts.C, opts.seed))
+                    stats_ba = _transfer_fields(len(y), transfer_scores(Xb, Xa, y, splits, opts.C, opts.seed))
+            with timer("directions"):
+                cos = _direction_cosines(Xa, Xb, y, opts) if not why else _direction_cosines(None, None, None, opts)
             for src, dst, st in ((la, lb, stats_ab), (lb, la, stats_ba)):
                 partners[(src, view)].append({"other_language": dst, **cos, **(st or _transfer_fields(0, None))})
     for key, base in base_dir_rows.items():

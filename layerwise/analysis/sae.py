@@ -10,9 +10,11 @@ latents are corrected with Benjamini-Hochberg.
 """
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -43,23 +45,43 @@ def load_sae(folder: str | Path, device: str = "cpu") -> Any:
                              f"{type(exc).__name__}: {exc}") from exc
 
 
-def parse_sae_dirs(specs: Iterable[str]) -> dict[int, Path]:
-    """`LAYER=FOLDER` entries, or a folder whose subfolders are named `layer_{L}` (or `layer{L}`, `L`)."""
-    out: dict[int, Path] = {}
+def parse_sae_dirs(specs: Iterable[str]) -> dict[int | tuple[int, str], Path]:
+    """`LAYER=FOLDER`, `LAYER:LANGUAGE=FOLDER`, or an SAE root whose subfolders are named `layer_{L}`
+    (one SAE for all languages) or `layer_{L}_{language}` (as layerwise.sae writes them)."""
+    out: dict[int | tuple[int, str], Path] = {}
     for spec in specs:
-        m = re.fullmatch(r"(\d+)=(.+)", spec)
+        m = re.fullmatch(r"(\d+)(?::([^=]+))?=(.+)", spec)
         if m:
-            out[int(m.group(1))] = Path(m.group(2))
+            out[(int(m.group(1)), m.group(2)) if m.group(2) else int(m.group(1))] = Path(m.group(3))
             continue
         root = Path(spec)
         if not root.is_dir():
-            raise LayerwiseError(f"--sae-dir {spec!r}: neither LAYER=FOLDER nor an existing folder")
-        found = {int(mm.group(1)): sub for sub in sorted(root.iterdir()) if sub.is_dir()
-                 and (mm := re.fullmatch(r"(?:layer_?)?(\d+)", sub.name))}
+            raise LayerwiseError(f"--sae-dir {spec!r}: neither LAYER[:LANGUAGE]=FOLDER nor an existing folder")
+        found: dict[int | tuple[int, str], Path] = {}
+        for sub in sorted(root.iterdir()):
+            mm = re.fullmatch(r"layer_?(\d+)(?:_(.+))?", sub.name)
+            if sub.is_dir() and mm:
+                found[(int(mm.group(1)), mm.group(2)) if mm.group(2) else int(mm.group(1))] = sub
         if not found:
-            raise LayerwiseError(f"--sae-dir {spec}: no subfolder named layer_<L>; give LAYER=FOLDER instead")
+            raise LayerwiseError(f"--sae-dir {spec}: no subfolder named layer_<L> or layer_<L>_<language>; "
+                                 "give LAYER=FOLDER instead")
         out.update(found)
     return out
+
+
+def sae_held_out_ids(spec: Any) -> list[str] | None:
+    """The samples an SAE was not trained on: `validation` of its folder's split.json (layerwise.sae
+    writes it), or an encoder object's `held_out_ids`; None when unknown."""
+    if hasattr(spec, "encode"):
+        ids = getattr(spec, "held_out_ids", None)
+        return None if ids is None else [str(s) for s in ids]
+    path = Path(spec) / "split.json"
+    if not path.is_file():
+        return None
+    try:
+        return [str(s) for s in json.loads(path.read_text(encoding="utf-8"))["validation"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LayerwiseError(f"{path}: unreadable split file ({type(exc).__name__}: {exc})") from exc
 
 
 def _encoder_dtype_device(encoder: Any, device: str) -> tuple[torch.dtype, Any]:

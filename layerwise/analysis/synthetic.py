@@ -13,9 +13,9 @@ and `strength` non-zero only for the kinds listed in `signal`. `<bos>` can be gi
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

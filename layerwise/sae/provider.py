@@ -5,17 +5,19 @@ Random row reads are slow on cluster file systems, so rows are never read one by
 1. the samples of one split (train or validation) of every file are cut into *chunks*: runs of
    consecutive samples whose stored rows add up to at most `chunk_tokens` (at least one sample);
 2. each epoch visits the chunks (of all files: languages are mixed) in a random order, and reads
-   one chunk at a time, as contiguous reads of its consecutive selected samples;
+   one chunk at a time, as contiguous reads of its consecutive selected samples; a worker thread
+   reads the next chunk while the current one is shuffled and batched (reads stay sequential);
 3. the kept rows (not padding, token kind allowed) go through a shuffle buffer of `buffer_tokens`
    rows (in the file's dtype): each new row takes the slot of a randomly chosen row, which is
    emitted. Every row enters and leaves once, so a finite pass yields each kept row exactly once;
 4. the emitted rows are cut into batches of `batch_size` rows, converted to the training dtype.
 
-Host memory is the buffer plus about two chunks, whatever the size of the files.
+Host memory is the buffer plus a few chunks, whatever the size of the files.
 """
 from __future__ import annotations
 
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -132,6 +134,23 @@ class Batcher:
         self.count = 0
 
 
+class _Inline:
+    """ThreadPoolExecutor's submit/shutdown, run in the calling thread (read_ahead=False)."""
+
+    class _Done:
+        def __init__(self, value):
+            self.value = value
+
+        def result(self):
+            return self.value
+
+    def submit(self, fn, *args):
+        return self._Done(fn(*args))
+
+    def shutdown(self, **_):
+        pass
+
+
 class ActivationProvider:
     """Iterable of float batches [batch_size, H] over the kept rows of one split of some layer files.
 
@@ -162,6 +181,7 @@ class ActivationProvider:
         self.num_samples = len(ids)        # distinct sample ids (a sample of several languages counts once)
         self.buffer_tokens = max(1, min(buffer_tokens, self.num_rows))
         self.chunks_read = 0
+        self.read_ahead = True     # read the next chunk in a worker thread
 
     @classmethod
     def for_split(cls, sources: Sequence[LayerSource], options: SAEOptions, split: str, *, shuffle: bool = True,
@@ -175,12 +195,11 @@ class ActivationProvider:
                    seed=options.seed if seed is None else seed, chunk_tokens=options.chunk_tokens,
                    buffer_tokens=options.buffer_tokens, drop_last=drop_last)
 
-    def read_chunk(self, chunk: Chunk) -> Iterator[torch.Tensor]:
+    def read_chunk(self, chunk: Chunk) -> list[torch.Tensor]:
         """The kept rows of one chunk, one block per run of consecutive samples (read in file order)."""
         src = self.sources[chunk.source]
         self.chunks_read += 1
-        for a, b in chunk.runs:
-            yield src.read_run(a, b, self.allowed)
+        return [src.read_run(a, b, self.allowed) for a, b in chunk.runs]
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         if self.num_rows == 0:
@@ -190,15 +209,28 @@ class ActivationProvider:
         batcher = Batcher(self.batch_size, self.dtype, self.drop_last)
         file_dtype = self.sources[0].dtype
         buffer = ShuffleBuffer(self.buffer_tokens, self.hidden_size, file_dtype, generator) if self.shuffle else None
-        epoch = 0
-        while self.epochs is None or epoch < self.epochs:
-            order = torch.randperm(len(self.chunks), generator=generator).tolist() if self.shuffle else range(len(self.chunks))
-            for ci in order:
-                for rows in self.read_chunk(self.chunks[ci]):
-                    if rows.dtype != file_dtype:
-                        rows = rows.to(file_dtype)
-                    yield from batcher.push(buffer.push(rows) if buffer is not None else [rows])
-            epoch += 1
+        reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sae-chunk-reader") if self.read_ahead else _Inline()
+        try:
+            yield from self._epochs(reader, generator, batcher, buffer, file_dtype)
+        finally:
+            reader.shutdown(wait=True, cancel_futures=True)
         if buffer is not None:
             yield from batcher.push(buffer.drain())
         yield from batcher.finish()
+
+    def _epochs(self, reader, generator, batcher, buffer, file_dtype) -> Iterator[torch.Tensor]:
+        epoch = 0
+        while self.epochs is None or epoch < self.epochs:
+            order = torch.randperm(len(self.chunks), generator=generator).tolist() if self.shuffle else list(range(len(self.chunks)))
+            pending = reader.submit(self.read_chunk, self.chunks[order[0]]) if order else None
+            for j in range(len(order)):
+                blocks = pending.result()
+                # Read the next chunk (from disk, in a worker thread) while this one is shuffled and batched:
+                # the reads stay sequential, one chunk after the other.
+                pending = reader.submit(self.read_chunk, self.chunks[order[j + 1]]) if j + 1 < len(order) else None
+                for rows in blocks:
+                    if rows.dtype != file_dtype:
+                        rows = rows.to(file_dtype)
+                    yield from batcher.push(buffer.push(rows) if buffer is not None else [rows])
+                del blocks
+            epoch += 1

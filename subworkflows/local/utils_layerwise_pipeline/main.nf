@@ -29,7 +29,7 @@ def initialise() {
     def schema = new LayerwiseSchema(file("${projectDir}/nextflow_schema.json"))
     def mono   = params.monochrome_logs as boolean
     def c      = LayerwiseSchema.colours(mono)
-    def usage  = "nextflow run ${workflow.manifest.name ?: 'layerwise'} -profile <test|ncc|venv|docker|apptainer|singularity>[,...] --input samples.csv --outdir results"
+    def usage  = "nextflow run . -profile <test|ncc|venv|docker|apptainer|singularity>[,...] --input samples.csv --outdir results"
 
     if (params.help) {
         log.info header(c)
