@@ -81,7 +81,13 @@ def verdict(ok: bool) -> str:
 def build_medium_model(out_dir: Path) -> Path:
     """Random-init Gemma3ForConditionalGeneration (float32) + processor at 224 px / 64 image tokens."""
     import torch
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor, Gemma3TextConfig, SiglipVisionConfig
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3Processor,
+        Gemma3TextConfig,
+        SiglipVisionConfig,
+    )
     from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
     from layerwise import fixtures

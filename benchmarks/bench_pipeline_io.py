@@ -229,7 +229,7 @@ class Ext4Image:
         self.image, self.mountpoint, self.size = image, mountpoint, size
         self.device: str | None = None
 
-    def open(self) -> "Ext4Image":
+    def open(self) -> Ext4Image:
         run_cmd(["truncate", "-s", self.size, str(self.image)])
         # Inode tables and journal initialised by mkfs, not by the kernel's ext4lazyinit thread after
         # mounting (whose writes would be counted as the pipeline's).

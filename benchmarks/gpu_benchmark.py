@@ -840,7 +840,7 @@ def main() -> int:
             bench.diet_path = "patched get_image_features"
         free = shutil.disk_usage(work).free
         bench.cap_bytes = min(args.max_write_gb * 1e9, free * 0.4)
-        say(f"inputs: {n_data} synthetic samples ({'JPEG %d px' % spec['image_px'] if spec['image_px'] else 'fixture PNGs'}"
+        say(f"inputs: {n_data} synthetic samples ({'JPEG ' + str(spec['image_px']) + ' px' if spec['image_px'] else 'fixture PNGs'}"
             f"), encoded by layerwise.inputs.InputBuilder in {time.perf_counter() - t0:.1f} s: "
             f"{data.tokens[LANGS[0]] / args.samples:.0f} / {data.tokens[LANGS[1]] / args.samples:.0f} tokens per sample "
             f"({LANGS[0]} / {LANGS[1]}; {spec['mm_tokens_per_image']} image tokens); batch {args.batch_size}, layout "

@@ -6,8 +6,8 @@ the highest one (early exit); the LM head is never computed.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 

@@ -1,7 +1,7 @@
 """Shared behaviour of the bin/ command-line scripts."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import LayerwiseError, report_and_exit
 

@@ -17,9 +17,9 @@ import resource
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from PIL import Image
@@ -33,7 +33,7 @@ from .inputs import EncodedBatch, InputBuilder, load_rgb, selection_mask
 from .layerfile import LayerFileStream, UnitLayout
 from .layers import parse_layer_spec
 from .locks import FileLock, is_locked
-from .model import LoadedModel, load_config, load_model, resolve_dtype, pick_device, text_dims
+from .model import LoadedModel, load_config, load_model, pick_device, resolve_dtype, text_dims
 from .prompts import load_prompts, prompt_for
 from .samplesheet import iter_samples, parse_rows, read_samplesheet
 from .store import atomic_write_json

@@ -66,7 +66,7 @@ class FileLock:
         _HELD.add(str(self.path.absolute()))
         return True
 
-    def acquire(self) -> "FileLock":
+    def acquire(self) -> FileLock:
         deadline = time.monotonic() + self.wait_s
         told = 0.0
         while not self.try_acquire():
@@ -88,7 +88,7 @@ class FileLock:
             self._fd = None
             _HELD.discard(str(self.path.absolute()))
 
-    def __enter__(self) -> "FileLock":
+    def __enter__(self) -> FileLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

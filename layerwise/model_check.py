@@ -29,7 +29,11 @@ from pathlib import Path
 
 from .errors import LayerwiseError
 from .model import (
-    MODEL_PARAM, SUPPORTED_MODEL_TYPES, UNSUPPORTED_HINTS, config_json_problem, resolve_model_dir,
+    MODEL_PARAM,
+    SUPPORTED_MODEL_TYPES,
+    UNSUPPORTED_HINTS,
+    config_json_problem,
+    resolve_model_dir,
 )
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"

@@ -83,8 +83,9 @@ import pickle
 import struct
 import sys
 import zlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import torch
 
@@ -609,7 +610,7 @@ class PtFileWriter:
         partial_path: str | os.PathLike | None = None,
         archive_name: str | None = None,
         serialization_id: str | None = None,
-    ) -> "PtFileWriter":
+    ) -> PtFileWriter:
         """Reopen the partial file of an interrupted writer at ``state``.
 
         ``path``, ``obj``, ``streamed`` and the keyword arguments must describe the
@@ -775,7 +776,7 @@ class PtFileWriter:
         if self._f is not None and not self._f.closed:
             self._f.close()
 
-    def __enter__(self) -> "PtFileWriter":
+    def __enter__(self) -> PtFileWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -32,8 +32,8 @@ import csv
 import io
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,7 +225,7 @@ def _check_delimiter(path: Path, text: str, delimiter: str) -> None:
     Runs before parsing, on the first non-blank line, so that a quoted ``"sample_id";"image"`` header
     gets this hint rather than a quoting error.
     """
-    for number, first in enumerate(io.StringIO(text, newline=""), start=1):
+    for number, first in enumerate(io.StringIO(text, newline=""), start=1):  # noqa: B007 (used after the loop)
         if first.strip():
             break
     else:
@@ -342,7 +342,7 @@ def read_samplesheet(path: str | Path, languages: str | Iterable[str], *, check_
         where = f"{path.name} row {i + 1}" + (f" (sample {sid})" if sid else "")
         wheres.append(where)
 
-        def problem(column: str, text: str) -> None:
+        def problem(column: str, text: str, i: int = i, where: str = where) -> None:   # bound now: called in this iteration
             problems.append((i, f"{where}, column '{column}': {text}"))
 
         if not sid:

@@ -18,9 +18,10 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -151,7 +152,7 @@ def read_samplesheet(path: Path, languages: Sequence[str]):
         sheet = pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as exc:
         raise LayerwiseError(f"{path}: cannot read the samplesheet: {exc}") from exc
-    need = ["row", schema.SAMPLE_ID, schema.IMAGE, schema.GENDER] + [schema.caption_column(l) for l in languages]
+    need = ["row", schema.SAMPLE_ID, schema.IMAGE, schema.GENDER] + [schema.caption_column(lang) for lang in languages]
     missing = [c for c in need if c not in sheet.columns]
     if missing:
         raise LayerwiseError(f"{path}: samplesheet lacks columns {missing} (has {list(sheet.columns)})")
@@ -510,7 +511,7 @@ def validate(
     )
 
     # which files
-    expected = {schema.layer_filename(l, lang): (l, lang) for lang in languages for l in layers}
+    expected = {schema.layer_filename(layer, lang): (layer, lang) for lang in languages for layer in layers}
     given: dict[str, Path] = {}
     for p in map(Path, layer_files):
         if p.name in given:
@@ -558,7 +559,7 @@ def validate(
     ref = ctx.settings_ref[1] if ctx.settings_ref else {}
     metadata: dict[str, Any] = {
         "status": "passed" if not problems else "FAILED",
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "layerwise_version": __version__,
         "model": {
             "id": ref.get("model_id", model.get("id")),

@@ -12,9 +12,9 @@ import csv
 import hashlib
 import json
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 
@@ -51,7 +51,7 @@ class FakeSample:
         """The rows as the file stores them."""
         return self.rows.to(dtype)
 
-    def truncate(self, n: int) -> "FakeSample":
+    def truncate(self, n: int) -> FakeSample:
         """Keep the first n positions (rows, token ids and kinds together)."""
         self.rows, self.token_ids, self.token_kinds = self.rows[:n], self.token_ids[:n], self.token_kinds[:n]
         return self
@@ -214,7 +214,7 @@ def write_samplesheet(path: Path, ids: Sequence[str], languages: Sequence[str], 
     genders = genders_for(ids)
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["row", schema.SAMPLE_ID, schema.IMAGE, schema.GENDER] + [schema.caption_column(l) for l in languages])
+        w.writerow(["row", schema.SAMPLE_ID, schema.IMAGE, schema.GENDER] + [schema.caption_column(lang) for lang in languages])
         for i, (sid, g) in enumerate(zip(ids, genders)):
             w.writerow([i, sid, f"{image_dir}/{sid}.jpg", g] + [f"{lang} caption of {sid}, with a comma" for lang in languages])
     return path
@@ -263,7 +263,7 @@ def write_unit(root: Path, unit: dict, ids: Sequence[str], *, samples_for=None, 
     mine = shard_ids(ids, unit["rows"])
     files = []
     for layer in unit["layers"]:
-        make = samples_for or (lambda l, lang, i: make_samples(l, lang, i, token_selection=kwargs.get("token_selection", "all")))
+        make = samples_for or (lambda layer_, lang, i: make_samples(layer_, lang, i, token_selection=kwargs.get("token_selection", "all")))
         samples = make(layer, unit["language"], mine)
         name = schema.layer_filename(layer, unit["language"])
         info = write_layer_file_info(folder / name, layer, unit["language"], samples, **kwargs)

@@ -83,7 +83,7 @@ def test_layer_files_equal_the_plain_pass(runs, loaded, name, language, layers):
     are bit-identical: max |diff| 0.0 for every layer, |values| up to ~13). The tolerance, 1e-5, is far
     below what a wrong feature (another image, shifted rows, a stale entry) changes: O(1)."""
     assert [p.name for p in sorted((runs["root"] / f"diet_{name}").glob("*.pt"))] == sorted(
-        schema.layer_filename(l, language) for l in layers)
+        schema.layer_filename(layer, language) for layer in layers)
     for layer in layers:
         fname = schema.layer_filename(layer, language)
         a = load_layer_file(runs["root"] / f"plain_{language}" / fname)

@@ -295,3 +295,15 @@ def test_module_meta_yml_matches_main_nf():
     problems = json.loads(run.stdout.strip().splitlines()[-1])
     assert set(problems) == {d.name for d in MODULE_DIRS}
     assert not any(problems.values()), json.dumps(problems, indent=1)
+
+
+# -- Python lint -------------------------------------------------------------------------------------
+def test_ruff_is_clean():
+    """`ruff check` (configured in pyproject.toml; pinned in requirements-test.txt) reports nothing."""
+    import sys
+
+    ruff = Path(sys.executable).parent / "ruff"
+    assert ruff.exists(), f"{ruff} is missing: scripts/setup.sh installs requirements-test.txt (ruff==0.17.5)"
+    done = subprocess.run([str(ruff), "check", "--no-cache", str(ROOT)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]

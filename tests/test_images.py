@@ -12,7 +12,13 @@ from PIL import Image, ImageOps
 
 from layerwise.errors import LayerwiseError
 from layerwise.inputs import ImageDecodeError, load_rgb, load_rgb_with_digest, to_rgb
-from layerwise.samplesheet import IMAGE_SHA256, check_image_files, iter_samples, read_samplesheet, write_valid_samplesheet
+from layerwise.samplesheet import (
+    IMAGE_SHA256,
+    check_image_files,
+    iter_samples,
+    read_samplesheet,
+    write_valid_samplesheet,
+)
 
 HEADER = ["sample_id", "image", "gender", "caption_english"]
 VALUES_16 = np.array([[0, 257, 32768, 65535], [1000, 20000, 45000, 65280]], dtype=np.uint16)

@@ -19,8 +19,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from layerwise import schema
 from pipeline_helpers import (
     DONE_STATUSES,
     ROOT,
@@ -36,6 +34,8 @@ from pipeline_helpers import (
     trace_rows,
     wait_for,
 )
+
+from layerwise import schema
 
 pytestmark = pytest.mark.pipeline
 
@@ -255,8 +255,9 @@ def test_layers_equal_an_independent_forward_pass(full_run, reference, language,
         assert n == len(ids), f"{sample_id}: {n} positions kept, the sequence has {len(ids)}"
         assert torch.equal(d["token_ids"][i, :n], ids), sample_id
         # hidden_states[0] is the embedding output; layer i's output is hidden_states[i + 1]
+        where = f"{language} layer {layer} {sample_id}"
         torch.testing.assert_close(d["activations"][i, :n], hidden_states[layer + 1], atol=1e-5, rtol=1e-5,
-                                   msg=lambda m: f"{language} layer {layer} {sample_id}: {m}")
+                                   msg=lambda m, where=where: f"{where}: {m}")
 
 
 # -- 3. -resume after success, and after damage to the published files ------------------------------
@@ -409,7 +410,7 @@ def test_languages_layers_images_stale_files_and_linked_damage(tmp_path, samples
         assert differs == [3], (lang, differs)
 
     # fewer layers and languages: the earlier files are moved aside, never mixed with this result
-    fourth = go("--layers", "0", "--languages", "english")
+    go("--layers", "0", "--languages", "english")
     assert sorted(p.name for p in (out / "layer_checkpoints").iterdir()) == [schema.layer_filename(0, "english")]
     meta = json.loads((out / "extraction_metadata.json").read_text())
     assert meta["status"] == "passed" and meta["layers"] == [0] and meta["languages"] == ["english"]

@@ -175,7 +175,7 @@ def test_several_shards_are_merged_in_shard_order(tmp_path):
             assert rec["sources"] == [sha256(run.unit_file(layer, language, shard=k)) for k in range(3)]
             assert len(rec["source_dirs"]) == 3
     assert sorted(p.name for p in (run.outdir / "layer_checkpoints").iterdir()) == sorted(
-        schema.layer_filename(l, lang) for l in (0, 3) for lang in ("english", "arabic"))  # no .merge-* left
+        schema.layer_filename(layer, lang) for layer in (0, 3) for lang in ("english", "arabic"))  # no .merge-* left
     assert_published_exactly(run.outdir, meta)
 
 
@@ -194,7 +194,7 @@ def test_merged_files_are_kept_while_their_sources_are_unchanged(tmp_path):
     unit = run.plan["units"][1]
     assert unit["shard"] == 1
     new_dir = F.write_unit(tmp_path / "work2", unit, run.ids,
-                           samples_for=lambda l, lang, ids: F.make_samples(l + 10, lang, ids))
+                           samples_for=lambda layer, lang, ids: F.make_samples(layer + 10, lang, ids))
     run.unit_dirs[1] = new_dir
     meta = run.publish()
     recs = layer_records(meta)
@@ -250,7 +250,7 @@ def test_fewer_layers_supersede_the_extra_files(tmp_path):
     second.outdir = first.outdir
     meta = second.publish()
     assert meta["status"] == "passed"
-    extra = sorted(f"layer_checkpoints/{schema.layer_filename(l, lang)}" for l, lang in
+    extra = sorted(f"layer_checkpoints/{schema.layer_filename(layer, lang)}" for layer, lang in
                    [(5, "english"), (0, "arabic"), (3, "arabic"), (5, "arabic")])
     assert sorted(meta["superseded"]) == extra
     moved = list((first.outdir / "superseded").glob("*/layer_checkpoints/*.pt"))

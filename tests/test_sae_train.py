@@ -89,7 +89,7 @@ def held_out_rows(files, held_out: set[str]) -> torch.Tensor:
 def test_every_sae_loads_as_the_inference_class(trained):
     from sae_lens import SAE
 
-    for (name, layer), run in trained["runs"].items():
+    for (_name, layer), run in trained["runs"].items():
         sae = SAE.load_from_disk(run["folder"])
         assert type(sae).__name__ == INFERENCE_CLASS[run["options"].architecture]
         assert (sae.cfg.d_in, sae.cfg.d_sae) == (H, 64)
@@ -129,7 +129,7 @@ def test_held_out_figures_recomputed_independently(trained):
 
 
 def test_budget_and_records(trained):
-    for (name, layer), run in trained["runs"].items():
+    for (_name, layer), run in trained["runs"].items():
         recs, opts = run["records"], run["options"]
         train_rows = sum(held_out_rows(run["files"], set(json.loads((run["folder"] / "split.json").read_text())["train"])).shape[:1])
         assert recs["train"]["tokens"] == train_rows

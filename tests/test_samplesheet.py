@@ -10,7 +10,12 @@ from PIL import Image
 from layerwise.errors import LayerwiseError
 from layerwise.prompts import default_prompts_path, load_prompts, prompt_for
 from layerwise.samplesheet import (
-    MAX_LISTED, Sample, iter_samples, parse_rows, read_samplesheet, write_valid_samplesheet,
+    MAX_LISTED,
+    Sample,
+    iter_samples,
+    parse_rows,
+    read_samplesheet,
+    write_valid_samplesheet,
 )
 
 HEADER = ["sample_id", "image", "gender", "caption_english", "caption_arabic"]
@@ -230,7 +235,7 @@ def test_long_problem_lists_are_truncated(tmp_path):
     rows = [[f"s{i}", "a.png", "robot", "hi"] for i in range(MAX_LISTED + 7)]
     msg = problems_of(write_csv(tmp_path / "s.csv", rows, header=HEADER[:4]), ["english"])
     assert f"{MAX_LISTED + 7} problems" in msg
-    assert len([l for l in msg.splitlines() if l.strip().startswith("- ")]) == MAX_LISTED
+    assert len([ln for ln in msg.splitlines() if ln.strip().startswith("- ")]) == MAX_LISTED
     assert msg.splitlines()[-1].strip() == "... and 7 more"
 
 

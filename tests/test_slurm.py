@@ -28,10 +28,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from pipeline_helpers import (
-    ROOT,
     NEXTFLOW,
+    ROOT,
     PipelineRun,
     finish,
     kill_process_group,

@@ -291,7 +291,7 @@ def test_file_missing_a_key(run, key):
 
 def test_every_file_holds_the_token_kinds_it_was_written_with(run):
     run.validate()
-    for (layer, language), (path, samples) in run.written.items():
+    for (_layer, _language), (path, samples) in run.written.items():
         d = torch.load(path, weights_only=True, mmap=True)
         assert d["token_kinds"].dtype == torch.int8 and d["token_kinds"].shape == d["token_ids"].shape
         for i, s in enumerate(samples):

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .evaluate import evaluate_split
 from .metrics import METRIC_COLUMNS, read_metrics, reconstruction_stats, write_metrics
 from .options import SAEOptions, SAEOptionsError, option_specs
-from .evaluate import evaluate_split
 from .outputs import collect_metrics, held_out_ids, read_options, read_split, sae_folder_name
 from .provider import ActivationProvider
 from .source import LayerSource, open_sources

@@ -3,7 +3,8 @@ of layer files, with the same rows as training (same token-kind filters, same sp
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .metrics import reconstruction_stats
 from .options import SAEOptions

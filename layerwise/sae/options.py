@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
 
 from .. import schema
 from ..errors import LayerwiseError
@@ -143,7 +144,7 @@ class SAEOptions:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> "SAEOptions":
+    def from_mapping(cls, values: Mapping[str, Any]) -> SAEOptions:
         """Options from a mapping (e.g. Nextflow params or JSON); unknown names are an error."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - names)

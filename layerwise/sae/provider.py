@@ -17,9 +17,9 @@ Host memory is the buffer plus a few chunks, whatever the size of the files.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import torch
 
@@ -186,7 +186,7 @@ class ActivationProvider:
     @classmethod
     def for_split(cls, sources: Sequence[LayerSource], options: SAEOptions, split: str, *, shuffle: bool = True,
                   epochs: int | None = None, seed: int | None = None, drop_last: bool | None = None,
-                  batch_size: int | None = None) -> "ActivationProvider":
+                  batch_size: int | None = None) -> ActivationProvider:
         """The rows of `split` ("train"/"validation") of `sources`, with the options' filters and sizes."""
         kinds = options.kept_kind_names() if options.filters_kinds() else None
         masks = [split_mask(s.sample_ids, split, options.validation_fraction, options.split_seed) for s in sources]

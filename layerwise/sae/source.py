@@ -9,9 +9,10 @@ and whose token kind is allowed. The small per-position tensors (`lengths`, `off
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -50,7 +51,7 @@ class LayerSource:
     token_selection: str = ""
 
     @classmethod
-    def open(cls, path: str | os.PathLike, mmap: bool = True) -> "LayerSource":
+    def open(cls, path: str | os.PathLike, mmap: bool = True) -> LayerSource:
         try:
             data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input problem
@@ -58,7 +59,7 @@ class LayerSource:
         return cls.from_dict(data, str(path))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], path: str = "<memory>") -> "LayerSource":
+    def from_dict(cls, data: dict[str, Any], path: str = "<memory>") -> LayerSource:
         missing = [k for k in REQUIRED_KEYS if k not in data]
         if missing:
             raise LayerwiseError(f"{path}: not a layerwise layer file (missing keys: {', '.join(missing)})")
@@ -151,7 +152,7 @@ def open_sources(paths: list[str | os.PathLike], mmap: bool = True) -> list[Laye
     if len(hidden) != 1:
         raise LayerwiseError(f"the layer files of one SAE must have one hidden size, got {hidden}")
     langs = [s.language for s in sources]
-    dup = sorted({l for l in langs if langs.count(l) > 1})
+    dup = sorted({lang for lang in langs if langs.count(lang) > 1})
     if dup:
         raise LayerwiseError(f"layer {layers[0]}: more than one file for language(s) {', '.join(dup)}")
     return sources

@@ -7,7 +7,7 @@ holds out the same samples, which the analysis stage reuses.
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 

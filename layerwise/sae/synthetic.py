@@ -11,8 +11,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -37,7 +37,7 @@ def write_layer_file(path: str | os.PathLike, *, layer: int, language: str, samp
     n, hidden = len(sample_ids), rows[0].shape[1]
     lengths = torch.tensor([r.shape[0] for r in rows], dtype=torch.int64)
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
-    ids = [torch.arange(int(l), dtype=torch.int64) + 7 for l in lengths]
+    ids = [torch.arange(int(n), dtype=torch.int64) + 7 for n in lengths]
     if layout == "padded":
         t_max = int(lengths.max())
         acts = torch.full((n, t_max, hidden), pad_value, dtype=dtype)

@@ -11,16 +11,16 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from ..errors import LayerwiseError
 from .evaluate import evaluate_split
 from .options import SAEOptions
-from .outputs import (METRICS_FILE, SPLIT_FILE, TRAINING_FILE, partial_folder, publish, sae_folder_name,
-                      write_json)
+from .outputs import METRICS_FILE, SPLIT_FILE, TRAINING_FILE, partial_folder, publish, sae_folder_name, write_json
 from .provider import ActivationProvider
 from .source import open_sources, select_sources
 from .split import TRAIN, VALIDATION, split_ids
