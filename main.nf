@@ -31,6 +31,7 @@ workflow {
         PIPELINE_INITIALISATION.out.digest_core,
         PIPELINE_INITIALISATION.out.outdir,
         PIPELINE_INITIALISATION.out.image_cache,
+        PIPELINE_INITIALISATION.out.execution_env,
     )
 
     // All versions.yml -> pipeline_info/software_versions.yml

@@ -27,8 +27,20 @@ def load_cli():
     return module
 
 
-os.environ.setdefault("WANDB_MODE", "disabled")
-os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _quiet_offline_trainer():
+    """No W&B, no progress bars, for this module's tests only (os.environ set at import would leak into
+    every later test and its subprocesses)."""
+    saved = {k: os.environ.get(k) for k in ("WANDB_MODE", "TQDM_DISABLE")}
+    os.environ["WANDB_MODE"], os.environ["TQDM_DISABLE"] = "disabled", "1"
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def test_cli_trains_one_sae_per_layer_and_writes_metrics(tmp_path, capsys):

@@ -18,8 +18,19 @@ from layerwise.sae.metrics import METRIC_COLUMNS, read_metrics, write_metrics
 from layerwise.sae.options import SAEOptions
 from layerwise.sae.outputs import collect_metrics
 
-os.environ.setdefault("WANDB_MODE", "disabled")
-os.environ.setdefault("TQDM_DISABLE", "1")
+
+@pytest.fixture(autouse=True, scope="module")
+def _quiet_offline_trainer():
+    """No W&B, no progress bars, for this module's tests only (os.environ set at import would leak into
+    every later test and its subprocesses)."""
+    saved = {k: os.environ.get(k) for k in ("WANDB_MODE", "TQDM_DISABLE")}
+    os.environ["WANDB_MODE"], os.environ["TQDM_DISABLE"] = "disabled", "1"
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 H, N_SAMPLES, VAL_FRACTION = 32, 60, 0.25
 BASE = dict(d_sae=64, epochs=10, batch_size=128, lr=3e-3, chunk_tokens=256, buffer_tokens=1024,

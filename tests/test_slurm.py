@@ -307,7 +307,9 @@ def _metadata_json(path: Path) -> dict:
     """extraction_metadata.json without the per-run parts (creation time, per-job timings and resume
     counters: extraction / image_encoding; the run's name; where each published file came from)."""
     data = json.loads(path.read_text())
-    data["published"] = sorted((r["path"], r["sha256"]) for r in data.get("published", []))
+    # the report embeds the run's time and paths; every data file's checksum must agree
+    data["published"] = sorted((r["path"], r["sha256"]) for r in data.get("published", [])
+                               if not r["path"].endswith(".html"))
     return {k: v for k, v in data.items() if k not in ("created_utc", "extraction", "image_encoding", "run_name")}
 
 

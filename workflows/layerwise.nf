@@ -19,6 +19,7 @@ workflow LAYERWISE {
     digest_core        // value channel: the same without the modules used only after extraction
     outdir             // value channel: absolute --outdir
     image_cache        // value channel: image-feature cache folder ('' = none: --share_image_features false)
+    execution_env      // value channel: file of execution-only settings the extraction jobs source
 
     main:
     ch_versions = Channel.empty()
@@ -56,7 +57,7 @@ workflow LAYERWISE {
     // One GPU job per unit; the vision tower runs once per image: the first unit of a shard fills a
     // content-addressed feature cache that the shard's other units (and later runs) memory-map
     //
-    EXTRACT_ACTIVATIONS(ch_units, ch_prompts, ch_model, digest_core, image_cache)
+    EXTRACT_ACTIVATIONS(ch_units, ch_prompts, ch_model, digest_core, image_cache, execution_env)
     ch_versions = ch_versions.mix(EXTRACT_ACTIVATIONS.out.versions)
 
     //

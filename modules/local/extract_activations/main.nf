@@ -21,6 +21,7 @@ process EXTRACT_ACTIVATIONS {
     tuple val(model), val(revision)
     val source_digest
     val image_cache                         // shared image-feature cache folder (a string), '' = none
+    val execution_env                       // file exporting LAYERWISE_BATCH_SIZE / _CHECKPOINT_INTERVAL (path as a string: its content is not hashed)
 
     output:
     tuple val(meta), path("${meta.id}"), emit: unit
@@ -38,6 +39,8 @@ process EXTRACT_ACTIVATIONS {
     // the previous attempt, unless a live process still owns it (layerwise.extract.adopt_checkpoint).
     def prev  = task.attempt > 1 && task.previousTrace?.workdir ? "--adopt-from '${task.previousTrace.workdir}/${meta.id}'" : ''
     """
+    if [ -f '${execution_env}' ]; then . '${execution_env}'; fi
+
     layerwise-extract \\
         --samplesheet ${sheet} \\
         --model '${model}' ${rev} \\

@@ -19,6 +19,7 @@ workflow PIPELINE_INITIALISATION {
     digest_core = Channel.value(init.digest_core)   // the same without LayerwiseUtils.DOWNSTREAM_ONLY
     outdir      = Channel.value(init.outdir)        // absolute --outdir (locked by this run)
     image_cache = Channel.value(init.image_cache)   // image-feature cache folder, '' = none
+    execution_env = Channel.value(init.execution_env) // file the extraction jobs source: batch size, checkpoint interval
 }
 
 /**
@@ -97,7 +98,21 @@ def initialise() {
         // a plain string: tasks hash it as text (a Path value would be hashed by its contents)
         image_cache: params.share_image_features ?
             (params.image_cache ?: "${workflow.workDir}/layerwise-image-features").toString() : '',
+        execution_env: writeExecutionEnv(),
     ]
+}
+
+/**
+ * Execution-only settings of the extraction jobs (they change how a job runs, never what it stores),
+ * as a file the jobs source. Its path is a task input (a constant string), its content is not: changing
+ * --batch_size after an out-of-memory error keeps every finished unit on -resume.
+ */
+def writeExecutionEnv() {
+    def f = file("${workflow.workDir}/layerwise-execution.env")
+    f.parent.mkdirs()
+    f.text = "export LAYERWISE_BATCH_SIZE=${params.batch_size as int}\n" +
+             "export LAYERWISE_CHECKPOINT_INTERVAL=${params.checkpoint_interval as int}\n"
+    return f.toString()
 }
 
 workflow PIPELINE_COMPLETION {
