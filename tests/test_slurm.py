@@ -310,7 +310,9 @@ def _metadata_json(path: Path) -> dict:
     # the report embeds the run's time and paths; every data file's checksum must agree
     data["published"] = sorted((r["path"], r["sha256"]) for r in data.get("published", [])
                                if not r["path"].endswith(".html"))
-    return {k: v for k, v in data.items() if k not in ("created_utc", "extraction", "image_encoding", "run_name")}
+    # vision_tower counts images encoded by this run: fewer when an earlier run's cache entry was reused
+    return {k: v for k, v in data.items()
+            if k not in ("created_utc", "extraction", "image_encoding", "vision_tower", "run_name")}
 
 
 def published(run: PipelineRun) -> dict[str, Path]:
