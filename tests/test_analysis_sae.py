@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import types
 from pathlib import Path
@@ -144,9 +143,8 @@ def test_parse_sae_dirs(tmp_path):
         parse_sae_dirs([str(tmp_path / "nope")])
 
 
-@pytest.mark.skipif(not os.environ.get("LAYERWISE_TEST_SAE_LENS"),
-                    reason="importing sae_lens takes 10-25 s; set LAYERWISE_TEST_SAE_LENS=1 to run")
 def test_a_real_saelens_sae_round_trips(tmp_path):
+    """A real SAELens SAE through the analysis path (sae_lens is imported once per session by the SAE tests)."""
     from sae_lens import StandardSAE, StandardSAEConfig
 
     sae = StandardSAE(StandardSAEConfig(d_in=8, d_sae=12))
