@@ -35,3 +35,17 @@ def tiny_model_dir(fixture_dir) -> Path:
 def samplesheet(fixture_dir) -> Path:
     """Synthetic samplesheet (12 rows; image paths relative to it)."""
     return fixture_dir / "data" / "samples.csv"
+
+
+@pytest.fixture(scope="module")
+def quiet_offline_trainer():
+    """No W&B and no progress bars for one test module (SAELens training); restored afterwards, so that
+    nothing leaks into later tests and their subprocesses."""
+    saved = {k: os.environ.get(k) for k in ("WANDB_MODE", "TQDM_DISABLE")}
+    os.environ["WANDB_MODE"], os.environ["TQDM_DISABLE"] = "disabled", "1"
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

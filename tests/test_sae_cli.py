@@ -4,7 +4,6 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -29,18 +28,7 @@ def load_cli():
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _quiet_offline_trainer():
-    """No W&B, no progress bars, for this module's tests only (os.environ set at import would leak into
-    every later test and its subprocesses)."""
-    saved = {k: os.environ.get(k) for k in ("WANDB_MODE", "TQDM_DISABLE")}
-    os.environ["WANDB_MODE"], os.environ["TQDM_DISABLE"] = "disabled", "1"
-    yield
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+pytestmark = pytest.mark.usefixtures("quiet_offline_trainer")
 
 
 def test_cli_trains_one_sae_per_layer_and_writes_metrics(tmp_path, capsys):

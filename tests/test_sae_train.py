@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 
 import pytest
 import torch
@@ -18,19 +17,7 @@ from layerwise.sae.metrics import METRIC_COLUMNS, read_metrics, write_metrics
 from layerwise.sae.options import SAEOptions
 from layerwise.sae.outputs import collect_metrics
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _quiet_offline_trainer():
-    """No W&B, no progress bars, for this module's tests only (os.environ set at import would leak into
-    every later test and its subprocesses)."""
-    saved = {k: os.environ.get(k) for k in ("WANDB_MODE", "TQDM_DISABLE")}
-    os.environ["WANDB_MODE"], os.environ["TQDM_DISABLE"] = "disabled", "1"
-    yield
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+pytestmark = pytest.mark.usefixtures("quiet_offline_trainer")
 
 H, N_SAMPLES, VAL_FRACTION = 32, 60, 0.25
 BASE = dict(d_sae=64, epochs=10, batch_size=128, lr=3e-3, chunk_tokens=256, buffer_tokens=1024,
