@@ -32,6 +32,8 @@ workflow {
         PIPELINE_INITIALISATION.out.outdir,
         PIPELINE_INITIALISATION.out.image_cache,
         PIPELINE_INITIALISATION.out.execution_env,
+        PIPELINE_INITIALISATION.out.digest_sae,
+        PIPELINE_INITIALISATION.out.sae_options,
     )
 
     // All versions.yml -> pipeline_info/software_versions.yml

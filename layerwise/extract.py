@@ -26,7 +26,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import schema
+from .atomic import atomic_write_json
 from .capture import capture_layers, run_until
+from .contract import UnitSummary
 from .errors import LayerwiseError
 from .images import ImageFeatures, VisionCallCounter, shared_features
 from .inputs import EncodedBatch, InputBuilder, load_rgb, selection_mask
@@ -36,7 +38,6 @@ from .locks import FileLock, is_locked
 from .model import LoadedModel, load_config, load_model, pick_device, resolve_dtype, text_dims
 from .prompts import load_prompts, prompt_for
 from .samplesheet import iter_samples, parse_rows, read_samplesheet
-from .store import atomic_write_json
 from .token_kinds import TokenKinds
 
 PARTIAL_DIR = ".partial"
@@ -198,7 +199,7 @@ class Extractor:
             run_until(self.loaded.model, **batch.inputs)
         return dict(captured)
 
-    def run(self, cfg: UnitConfig, pre: Preflight, on_batch: Callable[[int], None] | None = None) -> dict:
+    def run(self, cfg: UnitConfig, pre: Preflight, on_batch: Callable[[int], None] | None = None) -> UnitSummary:
         out_dir = Path(cfg.out_dir)
         scratch = out_dir / PARTIAL_DIR
         progress_path = scratch / PROGRESS_FILE
@@ -239,19 +240,19 @@ class Extractor:
             info = w.finish()
             files.append({"file": w.path.name, "layer": layer, "bytes": info["bytes"], "sha256": info["sha256"]})
         nan_counts = {str(layer): int(sum(w.nan_counts)) for layer, w in writers.items()}
-        summary = {
-            "kind": "extract", "language": cfg.language, "layers": pre.layers, "rows": cfg.rows,
-            "samples": len(pre.samples), "samples_this_run": len(pre.samples) - resumed_from,
-            "resumed_from_sample": resumed_from, "positions_kept": positions, "seconds": round(seconds, 3),
-            "samples_per_s": round((len(pre.samples) - resumed_from) / seconds, 3) if seconds else None,
-            "bytes_written": sum(f["bytes"] for f in files), "files": files, "nan_counts": nan_counts,
-            "peak_host_memory_bytes": _peak_rss_bytes(),
-            "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated() if self.loaded.device.type == "cuda" else None,
-            "vision_tower_images": vision.images,
-            "device": str(self.loaded.device), "dtype": schema.dtype_name(dtype), "batch_size": cfg.batch_size,
-            "token_selection": cfg.token_selection, "layout": cfg.layout, "model_id": cfg.model,
-            "unit_fingerprint": cfg.fingerprint(),
-        }
+        summary = UnitSummary(
+            language=cfg.language, layers=pre.layers, rows=cfg.rows,
+            samples=len(pre.samples), samples_this_run=len(pre.samples) - resumed_from,
+            resumed_from_sample=resumed_from, positions_kept=positions, seconds=round(seconds, 3),
+            samples_per_s=round((len(pre.samples) - resumed_from) / seconds, 3) if seconds else None,
+            bytes_written=sum(f["bytes"] for f in files), files=files, nan_counts=nan_counts,
+            peak_host_memory_bytes=_peak_rss_bytes(),
+            peak_gpu_memory_bytes=torch.cuda.max_memory_allocated() if self.loaded.device.type == "cuda" else None,
+            vision_tower_images=vision.images,
+            device=str(self.loaded.device), dtype=schema.dtype_name(dtype), batch_size=cfg.batch_size,
+            token_selection=cfg.token_selection, layout=cfg.layout, model_id=cfg.model,
+            unit_fingerprint=cfg.fingerprint(),
+        )
         shutil.rmtree(scratch, ignore_errors=True)
         return summary
 
@@ -348,7 +349,8 @@ def run_unit(cfg: UnitConfig, on_batch: Callable[[int], None] | None = None,
                 f"the GPU ran out of memory at --batch-size {cfg.batch_size} ({str(exc).splitlines()[0]}). "
                 "Re-run with a smaller --batch_size or on a GPU with more memory.") from None
         if image_summary is not None:
-            summary["image_features"] = image_summary
-            summary["vision_tower_images"] += image_summary["vision_tower_images"]
-        atomic_write_json(out_dir / SUMMARY_FILE, summary)
-        return summary
+            summary.image_features = image_summary.to_dict()
+            summary.vision_tower_images += image_summary.vision_tower_images
+        record = summary.to_dict()
+        atomic_write_json(out_dir / SUMMARY_FILE, record)
+        return record

@@ -16,13 +16,14 @@ from tqdm import tqdm
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from . import schema
+from .contract import ImageFeaturesSummary
 from .errors import LayerwiseError
 from .inputs import load_rgb
 from .locks import FileLock
 from .store import atomic_torch_save, file_backed_zeros
 
-# One image-encoding batch size for every caller (the vision tower's work does not depend on the
-# extraction batch size; 8 images of 896 px fit any GPU that holds the model).
+# The one image-encoding batch size, for every caller (the vision tower's work does not depend on
+# the extraction batch size; this many images of 896 px fit any GPU that holds the model).
 IMAGE_BATCH_SIZE = 8
 # How long a unit waits for another unit that is encoding the same shard's images.
 CACHE_WAIT_S = 6 * 3600
@@ -112,7 +113,8 @@ def cache_key(model_fingerprint: str, dtype: torch.dtype, image_digests: list[st
     return h.hexdigest()
 
 
-def shared_features(loaded, samples, cache_dir: str | Path, model_fingerprint: str) -> tuple[ImageFeatures, dict]:
+def shared_features(loaded, samples, cache_dir: str | Path,
+                    model_fingerprint: str) -> tuple[ImageFeatures, ImageFeaturesSummary]:
     """Image features of `samples` from a content-addressed cache, computed by the first unit that needs them.
 
     Every unit of a sample shard (each language and layer group) runs in its own GPU job; the first
@@ -125,9 +127,13 @@ def shared_features(loaded, samples, cache_dir: str | Path, model_fingerprint: s
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"{key}.pt"
-    summary = {"kind": "image_features", "cache_file": str(path), "images": len(samples), "vision_tower_images": 0,
-               "bytes_written": 0, "cache_hit": True}
+    summary = ImageFeaturesSummary(cache_file=str(path), images=len(samples), vision_tower_images=0,
+                                   bytes_written=0, cache_hit=True, seconds=0.0)
     with FileLock(cache_dir / f"{key}.lock", wait_s=CACHE_WAIT_S, what=f"image-feature cache entry {path.name}"):
         if not path.is_file():
-            summary.update(encode_images(loaded, samples, path), kind="image_features", cache_hit=False)
+            made = encode_images(loaded, samples, path)
+            summary = ImageFeaturesSummary(cache_file=str(path), images=made["images"],
+                                           vision_tower_images=made["vision_tower_images"],
+                                           bytes_written=made["bytes_written"], cache_hit=False,
+                                           seconds=made["seconds"])
     return ImageFeatures(path, loaded.model_id, loaded.revision), summary

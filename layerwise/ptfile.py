@@ -89,6 +89,8 @@ from typing import Any
 
 import torch
 
+from .atomic import replace_durably
+
 __all__ = ["TensorSlot", "PtFileWriter", "PtFileError"]
 
 ALIGNMENT = 64  # torch's default storage alignment (config.save.storage_alignment)
@@ -753,8 +755,7 @@ class PtFileWriter:
         os.fsync(self._f.fileno())
         self._f.close()
         self._closed = True
-        os.replace(self._partial, self._path)
-        _fsync_dir(os.path.dirname(os.path.abspath(self._path)))
+        replace_durably(self._partial, self._path)
         return {"bytes": self._pos, "sha256": self._sha.hexdigest()}
 
     def abort(self) -> None:
@@ -794,19 +795,6 @@ class PtFileWriter:
                 f.close()
             except OSError:
                 pass
-
-
-def _fsync_dir(d: str) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --- throughput check ---------------------------------------------------------------

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from . import schema
+from .atomic import atomic_write_json, fsync_file, replace_durably, temp_path
 from .errors import LayerwiseError
 from .merge import combine_layers, merge_shards
-from .store import atomic_write_json
 
 LAYER_DIR = "layer_checkpoints"
 LOCK_FILE = ".layerwise.lock"
@@ -61,18 +61,13 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
 def place(src: Path, dst: Path, mode: str) -> str:
     """Put `src` at `dst` atomically: a hard link ("linked"), else a copy ("copied"); "kept" if already there."""
     src, dst = Path(os.path.realpath(src)), Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     if mode == "link" and dst.exists() and os.path.samefile(src, dst):
         return "kept"
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    tmp = temp_path(dst)
     tmp.unlink(missing_ok=True)
     how = "copied"
     try:
@@ -87,8 +82,8 @@ def place(src: Path, dst: Path, mode: str) -> str:
                       file=sys.stderr)
         if how == "copied":
             shutil.copyfile(src, tmp)
-            _fsync_file(tmp)
-        os.replace(tmp, dst)
+            fsync_file(tmp)
+        replace_durably(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
     return how
@@ -147,6 +142,26 @@ def read_units(plan: dict, unit_dirs: list[Path]) -> list[dict]:
     return units
 
 
+def publish_stub(plan: dict, unit_dirs: list[Path], outdir: Path) -> dict[str, Any]:
+    """For -stub-run: link the units' (empty) layer files into place and record them as a real run does,
+    so that the stages after publishing see the same files; nothing is validated (status "stub")."""
+    by_name = {Path(d).name: Path(d) for d in unit_dirs}
+    published = []
+    for language in plan["languages"]:
+        for layer in plan["layers"]:
+            name = schema.layer_filename(layer, language)
+            unit = next((u for u in plan["units"] if u["language"] == language and layer in u["layers"]), None)
+            if unit is None or unit["id"] not in by_name:
+                raise LayerwiseError(f"{name}: no extraction unit of the plan wrote it")
+            rel = f"{LAYER_DIR}/{name}"
+            place(by_name[unit["id"]] / name, Path(outdir) / rel, "link")
+            published.append({"path": rel, "layer": layer, "language": language, "how": "stub",
+                              "sha256": sha256_file(Path(outdir) / rel)})
+    metadata = {"status": "stub", "published": published}
+    atomic_write_json(Path(outdir) / METADATA_JSON, metadata)
+    return metadata
+
+
 def _reusable(target: Path, record: dict | None, sources: list[str]) -> bool:
     return bool(record and record.get("sources") == sources and target.is_file()
                 and target.stat().st_size == record.get("bytes") and sha256_file(target) == record.get("sha256"))
@@ -191,7 +206,7 @@ def publish_run(plan: dict, samplesheet: Path, unit_dirs: list[Path], outdir: Pa
                 tmp_dir.mkdir(parents=True, exist_ok=True)
                 try:
                     info = merge_shards([u["dir"] / name for u in parts], tmp_dir / name, layer, language)
-                    os.replace(tmp_dir / name, target)
+                    replace_durably(tmp_dir / name, target)
                 finally:
                     shutil.rmtree(tmp_dir, ignore_errors=True)
                 how, sha = "merged", info["sha256"]
@@ -209,10 +224,10 @@ def publish_run(plan: dict, samplesheet: Path, unit_dirs: list[Path], outdir: Pa
             if _reusable(target, previous.get(rel), sources):
                 how, sha = "kept", previous[rel]["sha256"]
             else:
-                tmp = outdir / f".{rel}.tmp-{os.getpid()}"
+                tmp = temp_path(outdir / rel)
                 try:
                     info = combine_layers([outdir / p["path"] for p in layer_recs], tmp, language)
-                    os.replace(tmp, target)
+                    replace_durably(tmp, target)
                 finally:
                     tmp.unlink(missing_ok=True)
                 how, sha = "combined", info["sha256"]

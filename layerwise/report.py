@@ -8,7 +8,8 @@ from typing import Any
 
 import jinja2
 
-from .store import atomic_write_text
+from .atomic import atomic_write_text
+from .layers import format_layers
 
 TEMPLATE = """<!DOCTYPE html>
 <html lang="en">
@@ -35,7 +36,7 @@ TEMPLATE = """<!DOCTYPE html>
  <dt>model</dt><dd>{{ model.id }} @ {{ model.revision }} ({{ model.num_layers }} layers, hidden size {{ model.hidden_size }})</dd>
  <dt>layers</dt><dd>{{ layers | join(", ") }}</dd>
  <dt>languages</dt><dd>{{ languages | join(", ") }}</dd>
- <dt>samples</dt><dd>{{ samples }}</dd>
+ <dt>samples</dt><dd>{{ samples }} distinct samples (every layer file holds each of them once)</dd>
  <dt>settings</dt><dd>token selection {{ token_selection }}, layout {{ layout }}, dtype {{ dtype }}, NaN policy {{ nan_policy }}</dd>
  <dt>files</dt><dd>{{ totals.files }} of {{ totals.expected_files }} expected, {{ human(totals.bytes) }}</dd>
  <dt>created</dt><dd>{{ created_utc }} by layerwise {{ layerwise_version }}</dd>
@@ -69,10 +70,46 @@ TEMPLATE = """<!DOCTYPE html>
  {% endfor %}
 </table>
 
-{% if extraction.totals and extraction.totals | length > 1 %}
+{% if run.units %}
 <h2>Extraction</h2>
-<table>
- {% for k, v in extraction.totals.items() %}<tr><th>{{ k }}</th><td class="num">{{ num(v) }}</td></tr>{% endfor %}
+<p>{{ run.units | length }} extraction unit(s) (one job each: a layer group x a language x a sample shard).
+Figures summed over units count a sample once in every unit that holds it.</p>
+<table id="extraction">
+ <tr><th>distinct samples</th><td class="num" id="distinct-samples">{{ samples }}</td><td>in the samplesheet</td></tr>
+ <tr><th>sample rows written, summed over units</th><td class="num" id="rows-written">{{ num(run.rows_written) }}</td>
+  <td>{% if run.breakdown %}{{ samples }} samples x {{ run.breakdown.languages }} language(s) x {{ run.breakdown.groups }} layer group(s): each unit writes its shard's samples into each of its layer files{% else %}each unit writes its samples into each of its layer files{% endif %}</td></tr>
+ <tr><th>of them written by the final attempt of each unit</th><td class="num" id="rows-this-run">{{ num(run.totals.get("samples_this_run")) }}</td>
+  <td>the rest came from checkpoints of earlier attempts</td></tr>
+ <tr><th>token positions stored, summed over units</th><td class="num">{{ num(run.totals.get("positions_kept")) }}</td><td>per layer file</td></tr>
+ <tr><th>job time, summed over units</th><td class="num">{{ num(run.totals.get("seconds")) }} s</td><td>job-seconds, not wall time</td></tr>
+ <tr><th>throughput per job-second</th><td class="num">{{ num(run.totals.get("samples_per_s")) }} samples/s</td><td>{{ num(run.totals.get("tokens_per_s")) }} token positions/s</td></tr>
+ <tr><th>bytes written, summed over units</th><td class="num">{{ human(run.totals.get("bytes_written")) }}</td><td></td></tr>
+ <tr><th>peak host memory of a unit</th><td class="num">{{ human(run.totals.get("peak_host_memory_bytes")) }}</td><td>the largest over units</td></tr>
+ <tr><th>peak GPU memory of a unit</th><td class="num">{{ human(run.totals.get("peak_gpu_memory_bytes")) or "none (no GPU)" }}</td><td>the largest over units</td></tr>
+</table>
+<table id="units">
+ <tr><th>unit</th><th>language</th><th>layers</th><th>sample rows written</th><th>of them by the final attempt</th><th>positions</th>
+  <th>seconds</th><th>image features</th></tr>
+ {% for u in run.units %}
+ <tr><td>{{ u.name }}</td><td>{{ u.language }}</td><td>{{ u.layers }}</td><td class="num">{{ num(u.rows_written) }}</td>
+  <td class="num">{{ num(u.rows_this_run) }}</td><td class="num">{{ num(u.positions) }}</td><td class="num">{{ num(u.seconds) }}</td>
+  <td>{{ u.images }}</td></tr>
+ {% endfor %}
+</table>
+
+<h2>Image encoding</h2>
+<p>The vision tower's image features do not depend on the language or the layers: with the shared image-feature cache,
+the first unit of each sample shard computes them and the shard's other units reuse them.</p>
+<table id="image-encoding">
+ <tr><th>distinct images</th><td class="num" id="distinct-images">{{ num(vision_tower.distinct_images) }}</td><td>in the samplesheet</td></tr>
+ <tr><th>image features computed</th><td class="num" id="images-computed">{{ run.images.computed }}</td>
+  <td>images run through the vision tower into the cache, by {{ run.images.computing_units }} unit(s){% if run.images.computing_units %} in {{ num(run.images.seconds) }} s{% endif %}</td></tr>
+ <tr><th>image features reused from the cache</th><td class="num" id="images-reused">{{ run.images.reused }}</td>
+  <td>image lookups, by {{ run.images.reusing_units }} unit(s) that found their shard's features computed by another unit or an earlier run</td></tr>
+ <tr><th>images encoded in the extraction pass</th><td class="num" id="images-in-forward">{{ run.images.in_forward }}</td>
+  <td>by {{ run.images.uncached_units }} unit(s) without the shared cache (<code>--share_image_features false</code>), each for its own samples</td></tr>
+ <tr><th>vision tower, all units</th><td class="num" id="images-encoded">{{ num(vision_tower.images_encoded) }}</td>
+  <td>images through the vision tower in this run (equal to the distinct images when each is encoded once; 0 when all came from an earlier run's cache)</td></tr>
 </table>
 {% endif %}
 </body>
@@ -137,6 +174,63 @@ def norm_plot_png(norms_by_group_df) -> str | None:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _count(value: Any) -> int:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
+def run_figures(metadata: dict[str, Any]) -> dict[str, Any]:
+    """What the report's Extraction and Image encoding sections say, from the metadata's unit records.
+
+    Units write every sample of their shard, so a sum over units counts a sample once per unit
+    holding it; `breakdown` says how (languages x layer groups) when the figures add up that way.
+    """
+    extraction = metadata.get("extraction") or {}
+    units = list(extraction.get("units") or [])
+    encodings = list((metadata.get("image_encoding") or {}).get("units") or [])
+    totals = extraction.get("totals") or {}
+    rows_written = sum(_count(u.get("samples")) for u in units)
+    languages = {u.get("language") for u in units if u.get("language")}
+    groups = {tuple(u["layers"]) for u in units if isinstance(u.get("layers"), list)}
+    distinct = _count(metadata.get("samples"))
+    breakdown = ({"languages": len(languages), "groups": len(groups)}
+                 if units and rows_written == distinct * len(languages) * len(groups) else None)
+    hits = [e for e in encodings if e.get("cache_hit") is True]
+    fills = [e for e in encodings if e.get("cache_hit") is False]
+    computed = sum(_count(e.get("vision_tower_images")) for e in encodings)
+    by_unit = {e.get("unit"): e for e in encodings if e.get("unit") is not None}
+    rows = []
+    for u in units:
+        enc = by_unit.get(u.get("unit"))
+        if u.get("unit") is None:   # a summary outside a unit folder of the plan: not matched to its image features
+            images = f"{_count(u.get('vision_tower_images'))} image(s) through the vision tower"
+        elif enc is None:
+            images = f"encoded in the extraction pass ({_count(u.get('vision_tower_images'))} image(s))"
+        elif enc.get("cache_hit"):
+            images = f"reused from the cache ({_count(enc.get('images'))} image(s))"
+        else:
+            images = f"computed into the cache ({_count(enc.get('vision_tower_images'))} image(s))"
+        layers = u.get("layers")
+        rows.append({"name": u.get("unit") or u.get("summary_file"), "language": u.get("language"),
+                     "layers": format_layers(layers) if isinstance(layers, list) else "",
+                     "rows_written": u.get("samples"), "rows_this_run": u.get("samples_this_run"),
+                     "positions": u.get("positions_kept"), "seconds": u.get("seconds"), "images": images})
+    return {
+        "units": rows,
+        "totals": totals,
+        "rows_written": rows_written,
+        "breakdown": breakdown,
+        "images": {
+            "computed": computed,
+            "computing_units": len(fills),
+            "seconds": sum(float(e.get("seconds") or 0) for e in fills),
+            "reused": sum(_count(e.get("images")) for e in hits),
+            "reusing_units": len(hits),
+            "in_forward": (sum(_count(u.get("vision_tower_images")) for u in units) - computed) if units else 0,
+            "uncached_units": max(0, len(units) - len(encodings)),
+        },
+    }
+
+
 def write_report(metadata: dict[str, Any], layers_df, norms_by_group_df, out_path: Path) -> Path:
     """Render the validation report to `out_path` (atomically); returns the path."""
     env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined)
@@ -147,6 +241,7 @@ def write_report(metadata: dict[str, Any], layers_df, norms_by_group_df, out_pat
     context.update(
         files=files,
         plot=norm_plot_png(norms_by_group_df),
+        run=run_figures(metadata),
         failed_checks=sum(not c["passed"] for c in checks),
         n_problems=sum(len(c["problems"]) for c in checks),
         human=_human,

@@ -40,6 +40,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import schema
+from .atomic import atomic_path
 from .errors import LayerwiseError
 from .inputs import ImageDecodeError, load_rgb_with_digest
 
@@ -402,15 +403,10 @@ def read_samplesheet(path: str | Path, languages: str | Iterable[str], *, check_
 
 
 def write_valid_samplesheet(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write the normalised samplesheet atomically (temporary file, then os.replace)."""
+    """Write the normalised samplesheet atomically and durably (`atomic.atomic_path`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False, encoding="utf-8", lineterminator="\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

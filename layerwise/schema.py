@@ -7,6 +7,8 @@ TOKEN_SELECTIONS = ("all", "text", "caption", "mean", "last")
 LAYOUTS = ("padded", "ragged")
 NAN_POLICIES = ("zero", "fail", "keep")
 DTYPES = {"auto": None, "bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+# --device values the pipeline offers (extraction also takes any torch device, e.g. "cuda:1").
+DEVICES = ("auto", "cuda", "cpu")
 
 # Samplesheet columns (assets/schema_input.json describes them for users).
 SAMPLE_ID, IMAGE, GENDER = "sample_id", "image", "gender"
@@ -59,3 +61,10 @@ TOKEN_KINDS = {
     "caption": 4,    # the caption (model turn, after its header)
     "template": 5,   # chat-template tokens: turn markers, role names, image delimiters, newlines
 }
+
+# What validation writes into --outdir (besides the layer files).
+METADATA_JSON = "extraction_metadata.json"
+SAMPLES_PARQUET = "metadata/samples.parquet"
+LAYERS_PARQUET = "metadata/layers.parquet"
+NORMS_PARQUET = "metadata/norms_by_gender.parquet"
+REPORT_HTML = "validation_report.html"

@@ -1,4 +1,4 @@
-"""Small file helpers: atomic writes (torch, text, JSON), file-backed tensors, reading layer files.
+"""Small file helpers: atomic torch.save (on `atomic`), file-backed tensors, reading layer files.
 
 Layer files themselves are written once, streamed into their final format, by
 `layerfile.LayerFileStream` (on top of `ptfile.PtFileWriter`); `load_layer_file` / `sample_rows`
@@ -6,38 +6,21 @@ read them back.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .atomic import atomic_path
+from .atomic import atomic_write_json as atomic_write_json  # re-exported: benchmarks/gpu_benchmark.py imports it here
+
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> int:
-    """torch.save to `path` via a temporary file and a rename; returns bytes written."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path.stat().st_size
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    """torch.save to `path` atomically and durably (`atomic.atomic_path`); returns bytes written."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path).stat().st_size
 
 
 def file_backed_zeros(path: Path, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -100,4 +100,23 @@ class LayerwiseOutdir {
         Files.move(tmp, meta, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE)
         return notes
     }
+
+    /**
+     * Move earlier runs' summaries that this run will write again (e.g. analysis/, sae/metrics.parquet)
+     * to superseded/<time>/: until this run writes them, their absence says the stage is not complete,
+     * and they are never mixed with this run's inputs. Returns one note per path moved.
+     */
+    static List<String> supersede(Path outdir, List<String> paths) {
+        List<String> notes = []
+        String stamp = new Date().format('yyyy-MM-dd_HH-mm-ss')
+        paths.each { String rel ->
+            Path src = outdir.resolve(rel)
+            if (!Files.exists(src)) return
+            Path dest = outdir.resolve('superseded').resolve(stamp).resolve(rel)
+            Files.createDirectories(dest.parent)
+            Files.move(src, dest, StandardCopyOption.ATOMIC_MOVE)
+            notes << "${rel} of an earlier run moved to superseded/${stamp}/ (this run writes it again)".toString()
+        }
+        return notes
+    }
 }

@@ -3,7 +3,7 @@
 // Plain Groovy (no nf-schema plugin: the pipeline must start without network access).
 //
 // Checks: unknown parameters (with a "did you mean" suggestion), required parameters, JSON-schema
-// type / enum / pattern / minimum / maximum, and for `format: file-path|directory-path` with
+// type / enum / pattern / minimum / maximum / exclusiveMinimum / exclusiveMaximum, and for `format: file-path|directory-path` with
 // `exists: true` that the path exists. The layer-spec grammar is only matched loosely here: the
 // PREFLIGHT step (layerwise/layers.py) is the one place that validates it against the model.
 //
@@ -38,6 +38,11 @@ class LayerwiseSchema {
         }
         (schema.properties ?: [:]).each { String name, Map prop -> properties[name] = prop; groupOf[name] = '' }
         (schema.required ?: []).each { required << it.toString() }
+    }
+
+    /** The parameters of one group, in schema order. */
+    List<String> groupParams(String gid) {
+        return ((groups[gid]?.properties ?: [:]) as Map).keySet().collect { it.toString() }
     }
 
     // ---------------------------------------------------------------------------------------------
@@ -101,6 +106,10 @@ class LayerwiseSchema {
                     return "--${name}: ${s} is below the minimum ${prop.minimum}"
                 if (prop.maximum != null && n > (prop.maximum as BigDecimal))
                     return "--${name}: ${s} is above the maximum ${prop.maximum}"
+                if (prop.exclusiveMinimum != null && n <= (prop.exclusiveMinimum as BigDecimal))
+                    return "--${name}: ${s} must be above ${prop.exclusiveMinimum}"
+                if (prop.exclusiveMaximum != null && n >= (prop.exclusiveMaximum as BigDecimal))
+                    return "--${name}: ${s} must be below ${prop.exclusiveMaximum}"
             }
         }
         if (prop.exists && prop.format in ['file-path', 'directory-path', 'path'] && !isRemote(s)) {

@@ -19,15 +19,20 @@ class LayerwiseUtils {
      * therefore never import them.
      */
     static final List<String> DOWNSTREAM_ONLY = ['layerwise/validate.py', 'layerwise/report.py', 'layerwise/fixtures.py',
-                                                 'layerwise/publish.py', 'layerwise/merge.py',
+                                                 'layerwise/validation/', 'layerwise/publish.py', 'layerwise/merge.py',
+                                                 'layerwise/params_schema.py',
                                                  'layerwise/analysis/', 'layerwise/sae/']
+
+    // The sources TRAIN_SAE runs (bin/layerwise-train-sae imports nothing else of layerwise; a test checks it)
+    static final List<String> SAE_SOURCES = ['layerwise/__init__.py', 'layerwise/cli.py', 'layerwise/errors.py',
+                                             'layerwise/schema.py', 'layerwise/sae/']
 
     /**
      * SHA-256 over the sorted files layerwise/**.py and assets/prompts.json (relative name + content),
-     * minus `exclude` (relative paths). Passed to processes as a `val` input so that -resume re-runs
+     * minus `exclude` (relative paths; a trailing / means a folder), or only those in `include`. Passed to processes as a `val` input so that -resume re-runs
      * them when the Python package changes (bin/ scripts are hashed by Nextflow itself).
      */
-    static String sourceDigest(Path root, List<String> exclude = []) {
+    static String sourceDigest(Path root, List<String> exclude = [], List<String> include = null) {
         List<Path> files = []
         Path pkg = root.resolve('layerwise')
         if (Files.isDirectory(pkg)) {
@@ -44,6 +49,7 @@ class LayerwiseUtils {
         MessageDigest md = MessageDigest.getInstance('SHA-256')
         files.collect { Path p -> [root.relativize(p).toString().replace('\\', '/'), p] }
              .findAll { rel -> !exclude.any { ex -> ex.endsWith('/') ? rel[0].startsWith(ex) : rel[0] == ex } }
+             .findAll { rel -> include == null || include.any { inc -> inc.endsWith('/') ? rel[0].startsWith(inc) : rel[0] == inc } }
              .sort { it[0] }
              .each { rel, Path p ->
                  md.update(rel.toString().getBytes('UTF-8')); md.update((byte) 0)

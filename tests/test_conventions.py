@@ -131,7 +131,7 @@ def test_broken_nf_test_specs_fail_the_check(tmp_path, fixture_dir):
                             "process MERGE_ACTIVATIONS is not defined"),
         "wrong_emit": (_variant(extract, "process.out.unit[0]", "process.out.layers[0]"),
                        "process.out.layers: EXTRACT_ACTIVATIONS emits unit, versions"),
-        "missing_input": (_variant(preflight, "input[4] = 'nf-test'", ""), "declares 5 input(s)"),
+        "missing_input": (_variant(preflight, "input[4] = 'nf-test'", ""), "declares 6 input(s)"),
         "meta_key_missing": (_variant(extract, ", model_fingerprint: 'stub:fixture'", ""), "lacks model_fingerprint"),
         "param_type": (_variant(pipeline, "layer_groups     = '1'", "layer_groups     = 1"),
                        "params.layer_groups = 1 is integer, nextflow_schema.json says string"),
@@ -208,6 +208,47 @@ def test_profile_params_validate_against_the_schema(resolved_configs, profile):
     errors = sorted(_schema_validator().iter_errors(values), key=lambda e: list(e.absolute_path))
     assert not errors, f"-profile {profile}:\n" + "\n".join(
         f"  params.{'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in errors)
+
+
+# -- 2b. parameters derived from their Python owners --------------------------------------------------
+def test_derived_schema_groups_are_in_sync_with_their_owners():
+    """sae_options / analysis_options of nextflow_schema.json are what layerwise.params_schema derives."""
+    run = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "scripts" / "sync-schema.py"), "--check"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_config_defaults_of_the_derived_params_are_the_owners_defaults(resolved_configs):
+    from layerwise.params_schema import derived_groups
+
+    params = resolved_configs["venv"]["params"]      # no profile changes these
+    for group in derived_groups().values():
+        for name, prop in group["properties"].items():
+            assert name in params, f"nextflow.config lacks params.{name}"
+            want, got = prop["default"], params[name]
+            if isinstance(want, (bool, str)):
+                assert got == want, (name, got, want)
+            else:
+                assert float(got) == float(want) and not isinstance(got, (bool, str)), (name, got, want)
+
+
+def test_sae_param_defaults_are_the_default_sae_options():
+    from layerwise.sae.options import SAEOptions
+
+    props = json.loads(SCHEMA.read_text())["$defs"]["sae_options"]["properties"]
+    values = {k[len("sae_"):]: p["default"] for k, p in props.items() if k.startswith("sae_") and k != "sae_per_language"}
+    assert SAEOptions.from_mapping(values) == SAEOptions()
+
+
+def test_every_analysis_param_is_a_flag_of_the_analysis_cli():
+    """conf/modules.config turns every analysis_<option> param into --<option> of bin/layerwise-analyze."""
+    props = json.loads(SCHEMA.read_text())["$defs"]["analysis_options"]["properties"]
+    names = [k[len("analysis_"):] for k in props if k.startswith("analysis_")]
+    assert len(names) >= 5
+    help_text = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "bin" / "layerwise-analyze"), "--help"],
+                               capture_output=True, text=True, timeout=120).stdout
+    for name in names:
+        assert f"--{name.replace('_', '-')} " in help_text, name
 
 
 # -- 3. nf-core lint -----------------------------------------------------------------------------------

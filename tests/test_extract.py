@@ -1,7 +1,9 @@
 """The extraction engine against an independent path: the model's own output_hidden_states."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from layerwise import schema
+from layerwise import contract, schema
 from layerwise.errors import LayerwiseError
 from layerwise.extract import PARTIAL_DIR, PROGRESS_FILE, UnitConfig, run_unit
 from layerwise.model import load_model
@@ -305,6 +307,10 @@ def test_cli_end_to_end_and_error_exit(tmp_path, samplesheet, tiny_model_dir):
     assert "sample/s" in done.stderr or "samples/s" in done.stderr or "it/s" in done.stderr  # tqdm on stderr
     summary = pd.read_json(tmp_path / "ok" / "summary.json", typ="series")
     assert summary["samples"] == 3 and summary["bytes_written"] > 0 and summary["peak_host_memory_bytes"] > 0
+    # the summary is contract.UnitSummary's record (no image cache given: no image_features)
+    record = json.loads((tmp_path / "ok" / "summary.json").read_text())
+    assert record["format_version"] == contract.FORMAT_VERSION and record["kind"] == "extract"
+    assert set(record) == {f.name for f in dataclasses.fields(contract.UnitSummary)} - {"image_features"}
     assert sorted(p.name for p in (tmp_path / "ok").glob("*.pt")) == ["layer_0_arabic.pt", "layer_3_arabic.pt"]
     bad = cmd[:-2] + ["--out-dir", str(tmp_path / "bad")]
     bad[bad.index("0 3")] = "0-99"

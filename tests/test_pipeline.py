@@ -43,7 +43,7 @@ LANGUAGES = ("english", "arabic")
 NUM_LAYERS, HIDDEN, N_SAMPLES = 6, 64, 12
 PROCESSES = ("PREFLIGHT", "EXTRACT_ACTIVATIONS", "PUBLISH_RESULTS")
 # -profile test: layer_groups 2 (0-2, 3-5) x 2 languages x 2 shards of 6 samples
-EXPECTED_TASKS = {"PREFLIGHT": 1, "EXTRACT_ACTIVATIONS": 8, "PUBLISH_RESULTS": 1}
+EXPECTED_TASKS = {"PREFLIGHT": 1, "EXTRACT_ACTIVATIONS": 8, "PUBLISH_RESULTS": 1, "ANALYZE_LAYERS": 1}
 # PREFLIGHT and PUBLISH_RESULTS always run (they check inputs and outdir as they are now)
 ALWAYS_RUN = ("PREFLIGHT", "PUBLISH_RESULTS")
 RUN_TIMEOUT = 900          # seconds for one full run (about 1-2 minutes on an idle 2-core machine)
@@ -379,7 +379,8 @@ def test_languages_layers_images_stale_files_and_linked_damage(tmp_path, samples
     sheet = _own_sheet(tmp_path, samplesheet)
     model = tmp_path / "model"                        # a copy, so that its weights can change
     shutil.copytree(tiny_model_dir, model)
-    common = ("--input", sheet, "--model", model, "--layer_groups", "auto", "--samples_per_task", "0")
+    common = ("--input", sheet, "--model", model, "--layer_groups", "auto", "--samples_per_task", "0",
+              "--analysis", "false")       # (the analysis stage is tested in test_pipeline_sae / test_analysis_planted)
 
     def go(*args):
         run = run_pipeline(tmp_path, *common, *args, resume=True, timeout=RUN_TIMEOUT)

@@ -18,6 +18,7 @@ import layer_file_factory as F  # noqa: E402
 from layerwise import schema  # noqa: E402
 from layerwise import validate as V  # noqa: E402
 from layerwise.errors import LayerwiseError  # noqa: E402
+from layerwise.validation import stats  # noqa: E402
 
 REPO = F.REPO
 LAYERS = [0, 2, 5]
@@ -159,13 +160,13 @@ def test_complete_run_passes_and_writes_metadata(tmp_path, layout, dtype):
     assert '<span class="status passed">passed</span>' in html and ">FAILED<" not in html
     assert f"All {len(V.CHECKS)} checks passed" in html
     assert "http://" not in html and "https://" not in html
-    assert not list(r.out.rglob("*.tmp"))
+    assert not [p for p in r.out.rglob("*") if ".tmp" in p.name]  # no temporary file left behind
 
 
 def test_streaming_chunk_size_does_not_change_results(run, monkeypatch):
     run.validate()
     whole = pd.read_parquet(run.out / "metadata" / "layers.parquet")
-    monkeypatch.setattr(V, "CHUNK_BYTES", 1)  # one sample per chunk
+    monkeypatch.setattr(stats, "CHUNK_BYTES", 1)  # one sample per chunk
     run.out = run.root / "out2"
     run.validate()
     chunked = pd.read_parquet(run.out / "metadata" / "layers.parquet")
@@ -181,6 +182,120 @@ def test_mean_token_selection_one_position_per_sample(tmp_path):
                       tmp_path / "out")
     assert meta["token_selection"] == "mean"
     assert pd.read_parquet(tmp_path / "out/metadata/samples.parquet")["positions_kept"].tolist() == [1] * (2 * N)
+
+
+# -- the report's figures and the summaries' totals ----------------------------------------------
+GROUPS = [[0, 2], [5]]
+
+
+def write_unit_summaries(root: Path, plan: dict, cache: str) -> list[Path]:
+    """<root>/<unit id>/summary.json for every unit of `plan`, as extraction writes them (contract.UnitSummary).
+
+    cache "shared": the first unit of each shard computes the shard's image features, the others reuse them;
+    "none": every unit encodes its images in its own forward pass; "earlier": all reuse an earlier run's entries.
+    """
+    from layerwise.contract import ImageFeaturesSummary, UnitSummary
+
+    paths, filled = [], set()
+    for u in plan["units"]:
+        start, end = (int(x) for x in u["rows"].split(":"))
+        n = end - start
+        features, vision = None, 0
+        if cache == "none":
+            vision = n
+        else:
+            hit = cache == "earlier" or u["shard"] in filled
+            filled.add(u["shard"])
+            features = ImageFeaturesSummary(cache_file=f"/cache/{u['shard']}.pt", images=n,
+                                            vision_tower_images=0 if hit else n, bytes_written=0 if hit else 100,
+                                            cache_hit=hit, seconds=0.0 if hit else 0.5).to_dict()
+            vision = features["vision_tower_images"]
+        summary = UnitSummary(
+            language=u["language"], layers=u["layers"], rows=None, samples=n, samples_this_run=n,
+            resumed_from_sample=0, positions_kept=10 * n, seconds=1.0, samples_per_s=float(n), bytes_written=1000,
+            files=[], nan_counts={}, peak_host_memory_bytes=1 << 20, peak_gpu_memory_bytes=None,
+            vision_tower_images=vision, device="cpu", dtype="float32", batch_size=1, token_selection="all",
+            layout="padded", model_id=F.MODEL_ID, unit_fingerprint="f", image_features=features)
+        folder = root / "units" / u["id"]
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps(summary.to_dict()))
+        paths.append(folder / "summary.json")
+    return paths
+
+
+def report_figures(html: str) -> dict[str, int]:
+    import re
+
+    return {k: int(v) for k, v in re.findall(r'id="([a-z-]+)">([0-9]+)<', html)}
+
+
+@pytest.mark.parametrize("cache", ["shared", "none", "earlier"])
+def test_report_counts_distinct_samples_rows_written_and_image_features(run, cache):
+    plan = F.make_plan(LAYERS, LANGUAGES, N, SHARD, layer_groups=GROUPS)
+    run.summaries = write_unit_summaries(run.root, plan, cache)
+    units = len(GROUPS) * len(LANGUAGES) * 3          # 3 shards of 9 samples
+    shards = 3
+    meta = run.validate(plan=plan)
+    html = (run.out / "validation_report.html").read_text()
+    got = report_figures(html)
+
+    assert meta["samples"] == N == got["distinct-samples"] == got["distinct-images"]
+    assert f"<dd>{N} distinct samples" in html
+    # every sample is written by one unit per language and layer group: a sum over units, said as such
+    rows = N * len(LANGUAGES) * len(GROUPS)
+    assert meta["extraction"]["totals"]["samples"] == rows == got["rows-written"] == got["rows-this-run"]
+    assert f"{N} samples x {len(LANGUAGES)} language(s) x {len(GROUPS)} layer group(s)" in html
+    assert "<th>samples</th>" not in html                 # no bare "samples 36" next to "9 samples"
+    assert [u["unit"] for u in meta["extraction"]["units"]] == [u["id"] for u in plan["units"]]
+    assert html.count("<tr><td>L") == units                # one row per unit, named by its id
+    # image features: computed once per image, reused by the other units, or encoded by every unit
+    computed = {"shared": N, "none": 0, "earlier": 0}[cache]
+    reused = {"shared": rows - N, "none": 0, "earlier": rows}[cache]
+    in_forward = rows if cache == "none" else 0
+    assert (got["images-computed"], got["images-reused"], got["images-in-forward"]) == (computed, reused, in_forward)
+    assert meta["vision_tower"]["images_encoded"] == got["images-encoded"] == computed + in_forward
+    encoding = meta["image_encoding"]
+    assert len(encoding["units"]) == (0 if cache == "none" else units)
+    if cache == "shared":
+        assert f"by {shards} unit(s) in 1.5 s" in html
+        assert encoding["totals"]["vision_tower_images"] == N and encoding["totals"]["images"] == rows
+        assert html.count("computed into the cache (") == shards
+        assert html.count("reused from the cache (") == units - shards
+    if cache == "none":
+        assert f"by {units} unit(s) without the shared cache" in html
+        assert html.count("encoded in the extraction pass (") == units
+
+
+def test_summary_totals_use_the_declared_keys_only():
+    from layerwise.contract import UnitSummary, peak_keys, summed_keys
+    from layerwise.validation.summaries import extraction_totals, image_features_totals
+
+    assert summed_keys(UnitSummary) == ("samples", "samples_this_run", "positions_kept", "seconds", "bytes_written",
+                                        "vision_tower_images")
+    assert peak_keys(UnitSummary) == ("peak_host_memory_bytes", "peak_gpu_memory_bytes")
+    units = [{"samples": 4, "samples_this_run": 2, "resumed_from_sample": 2, "positions_kept": 40, "seconds": 2.0,
+              "batch_size": 8, "peak_host_memory_bytes": 5, "peak_gpu_memory_bytes": None, "max_new_count": 7,
+              "samples_skipped": 1, "throughput_images": 9, "samples_per_s": 99.0, "cache_hit": True},
+             {"samples": 6, "samples_this_run": 6, "resumed_from_sample": 0, "positions_kept": 60, "seconds": 3.0,
+              "batch_size": 8, "peak_host_memory_bytes": 3, "peak_gpu_memory_bytes": 11}]
+    totals = extraction_totals(units)
+    # names that merely contain "samples", "count", "images" or "max" are not totalled; rates are recomputed
+    assert totals == {"units": 2, "samples": 10, "samples_this_run": 8, "positions_kept": 100, "seconds": 5.0,
+                      "peak_host_memory_bytes": 5, "peak_gpu_memory_bytes": 11,
+                      "samples_per_s": pytest.approx(8 / 5.0), "tokens_per_s": pytest.approx(100 / 5.0)}
+    assert image_features_totals([{"images": 3, "vision_tower_images": 3, "bytes_written": 9, "seconds": 0.5,
+                                   "cache_hit": False},
+                                  {"images": 3, "vision_tower_images": 0, "bytes_written": 0, "seconds": 0.0,
+                                   "cache_hit": True}]) == {
+        "units": 2, "images": 6, "vision_tower_images": 3, "bytes_written": 9, "seconds": 0.5}
+
+
+def test_metadata_records_the_format_version(run):
+    from layerwise.contract import FORMAT_VERSION
+
+    meta = run.validate()
+    assert meta["format_version"] == FORMAT_VERSION
+    assert json.loads((run.out / "extraction_metadata.json").read_text())["format_version"] == FORMAT_VERSION
 
 
 # -- failures -------------------------------------------------------------------------------
@@ -433,7 +548,7 @@ def test_row_norms_counts_nonfinite_values_and_survives_float32_overflow():
                          [float("nan"), 1.0, float("inf")],
                          [3e30, 4e30, 0.0],       # finite, but its square overflows float32
                          [0.0, -float("inf"), 2.0]], dtype=torch.float32)
-    norms, ok, nonfinite = V._row_norms(rows)
+    norms, ok, nonfinite = stats.row_norms(rows)
     assert nonfinite == 3
     assert ok.tolist() == [True, False, True, False]
     assert norms[0] == pytest.approx(5.0) and norms[2] == pytest.approx(5e30, rel=1e-6)

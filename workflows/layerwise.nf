@@ -1,12 +1,17 @@
 /*
  * layerwise: PREFLIGHT (CPU) -> EXTRACT_ACTIVATIONS (GPU, one job per unit: layer group x language x
- * sample shard) -> PUBLISH_RESULTS (CPU, one job: into --outdir, validated there).
+ * sample shard) -> PUBLISH_RESULTS (CPU, one job: into --outdir, validated there)
+ *   -> [--sae] TRAIN_SAE (GPU, one job per layer, or per layer and language) -> PUBLISH_SAE (CPU)
+ *   -> [--analysis] ANALYZE_LAYERS (CPU, one job; after the SAEs when they are trained).
  * The CLI contracts of the processes are in docs/architecture.md.
  */
 
 include { PREFLIGHT            } from '../modules/local/preflight'
 include { EXTRACT_ACTIVATIONS  } from '../modules/local/extract_activations'
 include { PUBLISH_RESULTS      } from '../modules/local/publish_results'
+include { TRAIN_SAE            } from '../modules/local/train_sae'
+include { PUBLISH_SAE          } from '../modules/local/publish_sae'
+include { ANALYZE_LAYERS       } from '../modules/local/analyze_layers'
 
 workflow LAYERWISE {
 
@@ -20,6 +25,8 @@ workflow LAYERWISE {
     outdir             // value channel: absolute --outdir
     image_cache        // value channel: image-feature cache folder ('' = none: --share_image_features false)
     execution_env      // value channel: file of execution-only settings the extraction jobs source
+    digest_sae         // value channel: digest of the sources TRAIN_SAE runs
+    sae_options        // value channel: JSON object of SAE options ('' without --sae)
 
     main:
     ch_versions = Channel.empty()
@@ -28,7 +35,7 @@ workflow LAYERWISE {
     // Plan: validated samplesheet + plan.json (layer groups x languages x sample shards) + one input
     // sheet per unit (the rows and the caption column it reads, with each image's sha256)
     //
-    PREFLIGHT(ch_samplesheet, ch_prompts, ch_model, ch_spec, digest_all)
+    PREFLIGHT(ch_samplesheet, ch_prompts, ch_model, ch_spec, digest_all, sae_options)
     ch_versions = ch_versions.mix(PREFLIGHT.out.versions)
 
     ch_plan_file   = PREFLIGHT.out.plan          // value channel (all PREFLIGHT inputs are values)
@@ -69,6 +76,57 @@ workflow LAYERWISE {
         .map { items -> items.collect { it[1] } }
     PUBLISH_RESULTS(ch_plan_file, ch_sheet_valid, ch_unit_dirs, outdir)
     ch_versions = ch_versions.mix(PUBLISH_RESULTS.out.versions)
+
+    //
+    // What the later stages read: the published, validated files in --outdir (they survive cleaning
+    // work/), each with the sha256 that PUBLISH_RESULTS verified
+    //
+    ch_metadata = PUBLISH_RESULTS.out.metadata
+        .combine(outdir)
+        .map { f, out -> [new groovy.json.JsonSlurper().parse(f.toFile()) as Map, out] }
+    ch_layer_files = ch_metadata
+        .flatMap { meta, out ->
+            (meta.published ?: []).findAll { it.layer != null }
+                .collect { [layer: it.layer as int, language: it.language, sha256: it.sha256, file: file("${out}/${it.path}")] }
+        }
+
+    //
+    // One SAE per layer (languages pooled) or per layer and language, on the published activations
+    //
+    ch_sae_dirs = Channel.empty()
+    if (params.sae) {
+        ch_sae_inputs = ch_layer_files
+            .map { r -> [params.sae_per_language ? "${r.layer}:${r.language}" : "${r.layer}", r] }
+            .groupTuple()
+            .map { key, recs ->
+                recs = recs.sort { it.language }
+                def meta = [layer: recs[0].layer, language: params.sae_per_language ? recs[0].language : 'pooled',
+                            sha256: recs.collectEntries { [(it.file.name): it.sha256] }]
+                [meta, recs.collect { it.file }]
+            }
+        TRAIN_SAE(ch_sae_inputs, sae_options, digest_sae)
+        ch_versions = ch_versions.mix(TRAIN_SAE.out.versions)
+        ch_sae_dirs = TRAIN_SAE.out.sae
+            .toSortedList { a, b -> (a[0].layer <=> b[0].layer) ?: (a[0].language <=> b[0].language) }
+            .map { items -> items.collect { it[1] } }
+        PUBLISH_SAE(ch_sae_dirs, outdir)
+        ch_versions = ch_versions.mix(PUBLISH_SAE.out.versions)
+    }
+
+    //
+    // One analysis job over every published layer file (and the SAEs, once they are trained)
+    //
+    if (params.analysis) {
+        ch_analysis_in = ch_metadata
+            .map { meta, out ->
+                def layers = (meta.published ?: []).findAll { it.layer != null }.sort { it.path }
+                def sheet  = (meta.published ?: []).find { it.path.toString().endsWith('samplesheet.valid.csv') }
+                [layers.collectEntries { [(it.path): it.sha256] } + [samplesheet: sheet?.sha256],
+                 layers.collect { file("${out}/${it.path}") }, file("${out}/${sheet.path}")]
+            }
+        ANALYZE_LAYERS(ch_analysis_in, params.sae ? ch_sae_dirs : Channel.value([]), digest_all)
+        ch_versions = ch_versions.mix(ANALYZE_LAYERS.out.versions)
+    }
 
     emit:
     plan        = ch_plan                           // parsed plan.json (Map)

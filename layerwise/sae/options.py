@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -131,6 +131,21 @@ class SAEOptions:
         if self.architecture == "topk" and self.k > d_sae:
             raise SAEOptionsError(f"SAE option 'k' ({self.k}) must be <= the SAE width d_sae ({d_sae}; "
                                   f"d_sae={self.d_sae}, expansion_factor={self.expansion_factor}, d_in={d_in})")
+        return d_sae
+
+    def check_run(self, d_in: int, sample_ids: Sequence[str]) -> int:
+        """The checks that need the model and the samples (PREFLIGHT runs them before any job): the width
+        fits d_in and k, and both splits get samples. Returns d_sae."""
+        from .split import TRAIN, VALIDATION, split_ids
+
+        d_sae = self.width(d_in)
+        ids = split_ids(sample_ids, self.validation_fraction, self.split_seed)
+        for name in (TRAIN, VALIDATION):
+            if not ids[name]:
+                raise SAEOptionsError(
+                    f"SAE options 'validation_fraction' ({self.validation_fraction}) and 'split_seed' "
+                    f"({self.split_seed}) leave the {name} split of the {len(ids[TRAIN]) + len(ids[VALIDATION])} "
+                    "samples empty (the split is by sample): change them or use more samples")
         return d_sae
 
     def resolved_device(self) -> str:

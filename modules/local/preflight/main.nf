@@ -21,6 +21,7 @@ process PREFLIGHT {
     tuple val(model), val(revision)         // hub id or absolute local path; revision '' = none
     val spec                                // [layers:, languages:, layer_groups:, samples_per_task:]
     val source_digest                       // digest of layerwise/**.py
+    val sae_options                         // JSON object of the SAE options (--sae), '' = no SAE training
 
     output:
     path 'plan.json'            , emit: plan
@@ -34,7 +35,12 @@ process PREFLIGHT {
     script:
     def args = task.ext.args ?: ''
     def rev  = revision ? "--revision '${revision}'" : ''
+    def sae  = sae_options ? '--sae-options sae_options.json' : ''
     """
+    cat > sae_options.json <<'END_OPTIONS'
+    ${sae_options}
+    END_OPTIONS
+
     layerwise-preflight \\
         --samplesheet ${samplesheet} \\
         --model '${model}' ${rev} \\
@@ -44,7 +50,7 @@ process PREFLIGHT {
         --samples-per-task ${spec.samples_per_task} \\
         --prompts ${prompts} \\
         --out-dir . \\
-        ${args}
+        ${sae} ${args}
 
     layerwise-versions '${task.process}' torch transformers > versions.yml
     """
@@ -52,7 +58,12 @@ process PREFLIGHT {
     stub:
     // The real planner (same code as a real run), without decoding images or checking weight files
     def rev = revision ? "--revision '${revision}'" : ''
+    def sae = sae_options ? '--sae-options sae_options.json' : ''
     """
+    cat > sae_options.json <<'END_OPTIONS'
+    ${sae_options}
+    END_OPTIONS
+
     layerwise-preflight \\
         --samplesheet ${samplesheet} \\
         --model '${model}' ${rev} \\
@@ -62,7 +73,7 @@ process PREFLIGHT {
         --samples-per-task ${spec.samples_per_task} \\
         --prompts ${prompts} \\
         --out-dir . \\
-        --stub
+        --stub ${sae}
 
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":

@@ -22,6 +22,7 @@ process PUBLISH_RESULTS {
 
     output:
     path 'published.txt', emit: log
+    path 'extraction_metadata.json', emit: metadata   // the verified result: published files with their sha256
     path 'versions.yml' , emit: versions
 
     when:
@@ -38,16 +39,16 @@ process PUBLISH_RESULTS {
         --run-name '${workflow.runName}' \\
         ${args} \\
         ${units} | tee published.txt
+    cp '${outdir}/extraction_metadata.json' extraction_metadata.json
 
     layerwise-versions '${task.process}' torch pandas pyarrow > versions.yml
     """
 
     stub:
+    // The same placement and records as a real run (layerwise.publish.publish_stub), nothing validated
     """
-    mkdir -p '${outdir}/layer_checkpoints'
-    for d in ${units}; do for f in \$d/layer_*.pt; do ln -f "\$f" '${outdir}/layer_checkpoints/'; done; done
-    echo '{"status": "stub"}' > '${outdir}/extraction_metadata.json'
-    echo stub > published.txt
+    layerwise-publish --stub --plan ${plan} --samplesheet ${samplesheet} --outdir '${outdir}' ${units} | tee published.txt
+    cp '${outdir}/extraction_metadata.json' extraction_metadata.json
 
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":

@@ -20,6 +20,8 @@ workflow PIPELINE_INITIALISATION {
     outdir      = Channel.value(init.outdir)        // absolute --outdir (locked by this run)
     image_cache = Channel.value(init.image_cache)   // image-feature cache folder, '' = none
     execution_env = Channel.value(init.execution_env) // file the extraction jobs source: batch size, checkpoint interval
+    digest_sae  = Channel.value(init.digest_sae)    // SHA-256 of the sources TRAIN_SAE runs (LayerwiseUtils.SAE_SOURCES)
+    sae_options = Channel.value(init.sae_options)   // JSON object of the SAE options ('' without --sae)
 }
 
 /**
@@ -72,6 +74,8 @@ def initialise() {
         if (busy) error("ERROR: ${busy}")
         workflow.onComplete { LayerwiseOutdir.unlock(outdirPath, owner) }
         LayerwiseOutdir.prepare(outdirPath, workflow.runName).each { log.warn it }
+        def rewritten = (params.sae ? ['sae/metrics.parquet', 'sae/report.html'] : []) + (params.analysis ? ['analysis'] : [])
+        LayerwiseOutdir.supersede(outdirPath, rewritten).each { log.info it }
     }
 
     // A local model directory is passed to tasks by absolute path (tasks run in work/)
@@ -99,7 +103,20 @@ def initialise() {
         image_cache: params.share_image_features ?
             (params.image_cache ?: "${workflow.workDir}/layerwise-image-features").toString() : '',
         execution_env: writeExecutionEnv(),
+        digest_sae : LayerwiseUtils.sourceDigest(projectDir, [], LayerwiseUtils.SAE_SOURCES),
+        sae_options: params.sae ? saeOptionsJson(schema) : '',
     ]
+}
+
+/**
+ * The SAE options of this run as a JSON object: every sae_<option> param of the schema's sae_options
+ * group (layerwise.sae.options.SAEOptions owns names, defaults and checks; PREFLIGHT checks them
+ * against the model before any job is submitted). The language is set per TRAIN_SAE job.
+ */
+def saeOptionsJson(LayerwiseSchema schema) {
+    def names = schema.groupParams('sae_options').findAll { it.startsWith('sae_') && it != 'sae_per_language' }
+    def options = new TreeMap(names.collectEntries { [(it.substring(4)): params[it]] })
+    return groovy.json.JsonOutput.toJson(options)
 }
 
 /**

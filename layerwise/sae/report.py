@@ -1,0 +1,85 @@
+"""sae/report.html: the SAE metrics by layer (explained variance, MSE, L0, dead latents), self-contained."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .metrics import METRIC_COLUMNS
+
+PANELS = (("explained_variance", "explained variance"), ("mse", "MSE per element"),
+          ("mean_l0", "mean L0 (active latents per token)"), ("dead_fraction", "fraction of dead latents"))
+
+
+def metrics_plot(records: Sequence[dict[str, Any]]) -> str | None:
+    """Base64 PNG: one panel per metric, a line per (language, split) against the layer."""
+    if not records:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(11, 6.5), dpi=90)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 2, squeeze=False).ravel()
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.09, top=0.93, hspace=0.4, wspace=0.22)
+    series: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        series.setdefault((r["language"], r["split"]), []).append(r)
+    for ax, (col, title) in zip(axes, PANELS):
+        for i, ((lang, split), rows) in enumerate(sorted(series.items())):
+            rows = sorted(rows, key=lambda r: r["layer"])
+            ax.plot([r["layer"] for r in rows], [r[col] for r in rows], marker="o", ms=3,
+                    linestyle="-" if split == "validation" else "--", color=f"C{i // 2}", label=f"{lang} / {split}")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _table(records: Sequence[dict[str, Any]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in METRIC_COLUMNS)
+    body = []
+    for r in sorted(records, key=lambda r: (r["layer"], r["language"], r["split"])):
+        cells = []
+        for c in METRIC_COLUMNS:
+            v = r[c]
+            cells.append(f'<td class="num">{v:.4g}</td>' if isinstance(v, float) else f"<td>{html.escape(str(v))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def write_report(records: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
+    path = Path(path)
+    fig = metrics_plot(records)
+    arch = sorted({f"{r['architecture']} d_sae={r['d_sae']}" + (f" k={r['k']}" if r["k"] else "") for r in records})
+    text = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>layerwise SAE report</title>
+<style>
+ body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em; color: #222; max-width: 1400px; }}
+ table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.8em; }}
+ th, td {{ border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; }}
+ th {{ background: #f3f3f3; }} td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
+ img {{ max-width: 100%; }}
+</style></head><body>
+<h1>Sparse autoencoders by layer</h1>
+<p>{len({(r['layer'], r['language']) for r in records})} SAE(s): {html.escape('; '.join(arch))}. Validation rows come from
+samples never used in training (split by sample: split.json in each folder). Explained variance is
+1 - SSE / total variance of the split (reconstructing every row by the mean scores 0).</p>
+{f'<img alt="SAE metrics by layer" src="data:image/png;base64,{fig}">' if fig else '<p>No SAE metrics.</p>'}
+<h2>Metrics (sae/metrics.parquet)</h2>
+{_table(records)}
+</body></html>
+"""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path

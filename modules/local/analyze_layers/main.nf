@@ -1,0 +1,62 @@
+// The analysis of a run's layers: gender probes per (layer, language, view) with shuffled-label
+// controls, gender directions and their cross-lingual cosine, probe transfer, CKA between layers,
+// cross-lingual similarity and, with SAEs, the latents most associated with gender.
+// Reads each layer file once, memory-mapped. Writes analysis/ (Parquet tables, report.html).
+// Contract: docs/architecture.md (layerwise-analyze), columns: docs/output.md.
+process ANALYZE_LAYERS {
+    tag "${layer_files.size()} layer files"
+    label 'process_medium'
+
+    // The layer files are the published ones in --outdir: path + size (lenient) and their sha256
+    // (a value input) decide a re-run; the SAE folders are TRAIN_SAE outputs.
+    cache 'lenient'
+
+    container "${ workflow.containerEngine in ['singularity', 'apptainer'] && !task.ext.singularity_pull_docker_container ?
+        'docker://ghcr.io/layerwise/layerwise:0.1.0' :
+        'ghcr.io/layerwise/layerwise:0.1.0' }"
+
+    input:
+    tuple val(checksums), path(layer_files, stageAs: 'activations/*'), path(samplesheet, stageAs: 'input/*')
+    path sae_dirs, stageAs: 'sae/*'         // layer_{L}[_{language}]/ from TRAIN_SAE; none without --sae
+    val source_digest                       // digest of the layerwise Python sources
+
+    output:
+    path 'analysis'    , emit: analysis
+    path 'versions.yml', emit: versions
+
+    when:
+    task.ext.when == null || task.ext.when
+
+    script:
+    def args = task.ext.args ?: ''          // --folds, --permutations, ... (conf/modules.config)
+    def sae  = sae_dirs ? '--sae-dir sae' : ''
+    """
+    layerwise-analyze \\
+        --out-dir analysis \\
+        --samplesheet ${samplesheet} \\
+        --threads ${task.cpus} \\
+        --scratch-dir scratch \\
+        ${sae} \\
+        ${args} \\
+        ${layer_files}
+    rm -rf scratch
+
+    layerwise-versions '${task.process}' torch numpy scikit-learn matplotlib > versions.yml
+    """
+
+    stub:
+    """
+    mkdir -p analysis
+    echo '<html><body>stub</body></html>' > analysis/report.html
+
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        python: "stub"
+        torch: "stub"
+        numpy: "stub"
+        scikit-learn: "stub"
+        matplotlib: "stub"
+        layerwise: "stub"
+    END_VERSIONS
+    """
+}

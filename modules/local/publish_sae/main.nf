@@ -1,0 +1,49 @@
+// Place every trained SAE folder in <outdir>/sae/ (hard links, one rename per folder), move folders of
+// earlier runs that this run did not train to superseded/, and write sae/metrics.parquet (written last:
+// it lists exactly this run's SAEs) and sae/report.html (metrics by layer).
+// Contract: docs/architecture.md (layerwise-publish-sae).
+process PUBLISH_SAE {
+    tag "${outdir}/sae"
+    label 'process_single'
+
+    // Always runs, like PUBLISH_RESULTS: it checks and repairs the outdir as it is now.
+    cache false
+
+    container "${ workflow.containerEngine in ['singularity', 'apptainer'] && !task.ext.singularity_pull_docker_container ?
+        'docker://ghcr.io/layerwise/layerwise:0.1.0' :
+        'ghcr.io/layerwise/layerwise:0.1.0' }"
+
+    input:
+    path sae_dirs, stageAs: 'sae/*'         // layer_{L}[_{language}]/ from TRAIN_SAE
+    val outdir                              // absolute --outdir
+
+    output:
+    path 'published_sae.txt', emit: log
+    path 'versions.yml'     , emit: versions
+
+    when:
+    task.ext.when == null || task.ext.when
+
+    script:
+    def args = task.ext.args ?: ''          // --mode (conf/modules.config)
+    """
+    layerwise-publish-sae --outdir '${outdir}' ${args} ${sae_dirs} | tee published_sae.txt
+
+    layerwise-versions '${task.process}' pandas pyarrow matplotlib > versions.yml
+    """
+
+    stub:
+    """
+    mkdir -p '${outdir}/sae'
+    echo stub > published_sae.txt
+
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        python: "stub"
+        pandas: "stub"
+        pyarrow: "stub"
+        matplotlib: "stub"
+        layerwise: "stub"
+    END_VERSIONS
+    """
+}

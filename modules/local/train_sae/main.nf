@@ -1,0 +1,60 @@
+// One sparse autoencoder (SAELens SAETrainer) on one layer's published activations: every language
+// pooled, or one language. No model is loaded. Writes layer_{L}[_{language}]/ (cfg.json + sae_weights.safetensors,
+// loadable with sae_lens.SAE.load_from_disk, and split.json, metrics.json, training.json).
+// Contract: docs/architecture.md (layerwise-train-sae), options: docs/sae.md.
+process TRAIN_SAE {
+    tag "layer ${meta.layer} ${meta.language}"
+    label 'process_gpu'
+
+    // The layer files are the published ones in --outdir (hard links: replaced, never rewritten in place);
+    // meta carries their sha256, so path + size (lenient) and meta together decide a re-run.
+    cache 'lenient'
+
+    container "${ workflow.containerEngine in ['singularity', 'apptainer'] && !task.ext.singularity_pull_docker_container ?
+        'docker://ghcr.io/layerwise/layerwise:0.1.0' :
+        'ghcr.io/layerwise/layerwise:0.1.0' }"
+
+    input:
+    // meta: [layer, language ('pooled' or a language), sha256: [file name: sha256]]
+    tuple val(meta), path(layer_files, stageAs: 'activations/*')
+    val options                             // JSON object of SAE options (layerwise.sae.options.SAEOptions)
+    val source_digest                       // digest of the layerwise Python sources the training uses
+
+    output:
+    tuple val(meta), path('layer_*', type: 'dir'), emit: sae   // layer_{L}[_{language}]/: named by layerwise.sae.outputs
+    path 'versions.yml'                , emit: versions
+
+    when:
+    task.ext.when == null || task.ext.when
+
+    script:
+    """
+    cat > sae_options.json <<'END_OPTIONS'
+    ${options}
+    END_OPTIONS
+
+    layerwise-train-sae \\
+        --options-json sae_options.json \\
+        --language '${meta.language}' \\
+        --out-dir . \\
+        --metrics metrics.parquet \\
+        ${layer_files}
+
+    layerwise-versions '${task.process}' torch sae_lens > versions.yml
+    """
+
+    stub:
+    """
+    mkdir -p 'layer_${meta.layer}_stub'
+    echo '{"stub": true}' > 'layer_${meta.layer}_stub/cfg.json'
+    echo '[]' > 'layer_${meta.layer}_stub/metrics.json'
+
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        python: "stub"
+        torch: "stub"
+        sae_lens: "stub"
+        layerwise: "stub"
+    END_VERSIONS
+    """
+}

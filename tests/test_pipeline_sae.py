@@ -1,0 +1,143 @@
+"""SAE training as a stage of the pipeline (--sae), on the tiny Gemma 3 fixture, through the real engine.
+
+One launch directory, three runs shared by the tests:
+  1. an extraction-only run (--analysis false), as a user's finished run;
+  2. the same with -resume --sae: SAEs are trained (and analysed) without re-extracting;
+  3. -resume --sae again: nothing re-runs.
+The SAEs are checked from the outputs alone: each folder is loaded with `sae_lens.SAE.load_from_disk`
+and its held-out explained variance is recomputed from the published layer files with plain torch
+(own reading, own row selection, own formula), not with layerwise.sae's code.
+"""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from pipeline_helpers import rows_of, run_pipeline, status_counts
+
+pytestmark = pytest.mark.usefixtures("quiet_offline_trainer")
+
+RUN_TIMEOUT = 1500
+LAYERS, LANGUAGES = range(6), ("english", "arabic")
+PAD, BOS = 0, 1                              # layerwise.schema.TOKEN_KINDS (tests/test_layerfile.py pins them)
+ALWAYS_RUN = ("PREFLIGHT", "PUBLISH_RESULTS", "PUBLISH_SAE")   # cache false
+EV_MARGIN = 0.3     # held-out EV over the mean-reconstruction baseline; the test profile gets ~0.6-0.75
+
+
+def _ok(run):
+    assert run.returncode == 0, run.failure_message()
+    return run
+
+
+@pytest.fixture(scope="module")
+def sae_runs(tmp_path_factory, fixture_dir):
+    base = tmp_path_factory.mktemp("sae-pipeline")
+    extraction = _ok(run_pipeline(base, "--analysis", "false", timeout=RUN_TIMEOUT))
+    trained = _ok(run_pipeline(base, "--sae", resume=True, timeout=RUN_TIMEOUT))
+    metrics = pd.read_parquet(trained.outdir / "sae" / "metrics.parquet")   # before run 3 republishes
+    again = _ok(run_pipeline(base, "--sae", resume=True, timeout=RUN_TIMEOUT))
+    return {"extraction": extraction, "trained": trained, "again": again, "metrics": metrics}
+
+
+def test_adding_sae_to_a_finished_extraction_trains_without_re_extracting(sae_runs):
+    rows = sae_runs["trained"].trace()
+    assert {r["status"] for r in rows_of(rows, "EXTRACT_ACTIVATIONS")} == {"CACHED"}, status_counts(rows)
+    train = rows_of(rows, "TRAIN_SAE")
+    assert len(train) == len(LAYERS) and {r["status"] for r in train} == {"COMPLETED"}
+    assert [r["status"] for r in rows_of(rows, "ANALYZE_LAYERS")] == ["COMPLETED"]
+    out = sae_runs["trained"].outdir
+    assert sorted(p.name for p in (out / "sae").iterdir() if p.is_dir()) == sorted(f"layer_{i}" for i in LAYERS)
+
+
+def test_resume_after_training_reruns_nothing(sae_runs):
+    rows = sae_runs["again"].trace()
+    for r in rows:
+        name = r["process"].split(":")[-1]
+        want = "COMPLETED" if name in ALWAYS_RUN else "CACHED"
+        assert r["status"] == want, (name, r["status"], status_counts(rows))
+    assert len(rows_of(rows, "TRAIN_SAE")) == len(LAYERS)
+    # the republished result is the same
+    again = pd.read_parquet(sae_runs["again"].outdir / "sae" / "metrics.parquet")
+    pd.testing.assert_frame_equal(again, sae_runs["metrics"])
+
+
+def test_metrics_table_has_a_train_and_a_validation_row_per_layer(sae_runs):
+    m = sae_runs["metrics"]
+    for col in ("layer", "language", "architecture", "d_sae", "split", "explained_variance", "mse", "mean_l0",
+                "dead_fraction", "tokens_seen"):
+        assert col in m.columns, col
+    assert sorted(zip(m.layer, m.split)) == sorted((i, s) for i in LAYERS for s in ("train", "validation"))
+    assert set(m.language) == {"pooled"} and set(m.languages) == {"arabic,english"}
+    assert set(m.architecture) == {"topk"} and set(m.d_sae) == {128} and set(m.mean_l0) == {16.0}
+
+
+def _layer(out, layer, language):
+    return torch.load(out / "layer_checkpoints" / f"layer_{layer}_{language}.pt", mmap=True, weights_only=True)
+
+
+def _rows(data, ids: set[str]) -> torch.Tensor:
+    """Every stored position of the samples `ids` except padding and <bos> (the default drop_kinds)."""
+    keep = []
+    for i, sid in enumerate(data["sample_ids"]):
+        if sid in ids:
+            n = int(data["lengths"][i])
+            kinds = data["token_kinds"][i, :n]
+            keep.append(data["activations"][i, :n][(kinds != PAD) & (kinds != BOS)].double())
+    return torch.cat(keep)
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_every_sae_loads_and_its_held_out_explained_variance_is_what_was_reported(sae_runs, layer):
+    from sae_lens import SAE
+
+    out = sae_runs["trained"].outdir
+    folder = out / "sae" / f"layer_{layer}"
+    sae = SAE.load_from_disk(str(folder), device="cpu")
+    split = json.loads((folder / "split.json").read_text())
+    train_ids, val_ids = set(split["train"]), set(split["validation"])
+    assert train_ids and val_ids and not train_ids & val_ids           # by sample: never on both sides
+    files = {lang: _layer(out, layer, lang) for lang in LANGUAGES}
+    assert train_ids | val_ids == set(files["english"]["sample_ids"])
+    x_val = torch.cat([_rows(files[lang], val_ids) for lang in LANGUAGES])
+    x_train = torch.cat([_rows(files[lang], train_ids) for lang in LANGUAGES])
+    with torch.no_grad():
+        x_hat = sae.decode(sae.encode(x_val.float())).double()
+    total = ((x_val - x_val.mean(0)) ** 2).sum()
+    ev = 1 - ((x_val - x_hat) ** 2).sum() / total
+    baseline = 1 - ((x_val - x_train.mean(0)) ** 2).sum() / total      # reconstruct every row by the train mean
+
+    m = sae_runs["metrics"]
+    rec = m[(m.layer == layer) & (m.split == "validation")].iloc[0]
+    assert rec.tokens == x_val.shape[0]
+    assert abs(rec.explained_variance - float(ev)) < 1e-4, (rec.explained_variance, float(ev))
+    assert float(baseline) <= 0.0
+    assert float(ev) - float(baseline) > EV_MARGIN, (float(ev), float(baseline))
+
+
+def test_sae_report_and_analysis_of_the_sae_latents(sae_runs):
+    out = sae_runs["trained"].outdir
+    html = (out / "sae" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "http://" not in html and "https://" not in html
+    for layer in LAYERS:
+        assert f"<td>{layer}</td>" in html
+    features = pd.read_parquet(out / "analysis" / "sae_features.parquet")
+    assert set(features.layer) == set(LAYERS)
+
+
+def test_sae_options_are_checked_before_any_job(tmp_path, fixture_dir):
+    """A width that does not fit k fails in PREFLIGHT, naming the parameter; nothing is extracted."""
+    run = run_pipeline(tmp_path, "--sae", "--sae_d_sae", "8", "--sae_k", "16", "--analysis", "false",
+                       timeout=RUN_TIMEOUT)
+    assert run.returncode != 0
+    assert "'k' (16) must be <= the SAE width d_sae (8" in run.output and "--sae_k" in run.output, run.output[-3000:]
+    assert not rows_of(run.trace(), "EXTRACT_ACTIVATIONS")
+
+
+def test_stub_run_trains_one_sae_per_layer_and_language_when_not_pooled(tmp_path, fixture_dir):
+    run = _ok(run_pipeline(tmp_path, "--sae", "--sae_per_language", stub=True, timeout=RUN_TIMEOUT))
+    rows = run.trace()
+    tags = sorted(r["tag"] for r in rows_of(rows, "TRAIN_SAE"))
+    assert tags == sorted(f"layer {i} {lang}" for i in LAYERS for lang in LANGUAGES), tags
+    assert len(rows_of(rows, "PUBLISH_SAE")) == 1 and len(rows_of(rows, "ANALYZE_LAYERS")) == 1
