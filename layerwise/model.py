@@ -93,7 +93,10 @@ def hub_cache_dir() -> str | None:
     return None
 
 
-def _looks_like_path(model: str) -> bool:
+def looks_like_path(model: str) -> bool:
+    """The one rule for "--model names a local folder, not a hub id" (a hub id is `owner/name`):
+    absolute, relative to `.`/`..` or `~`, or with more than one `/`. LayerwiseUtils.looksLikePath is
+    the same rule on the Nextflow side (tests/test_local_path.py checks that they agree)."""
     return model.startswith(("/", "./", "../", "~")) or model.count("/") > 1 or model in (".", "..")
 
 
@@ -105,11 +108,11 @@ def _not_found(model: str, revision: str | None, detail: str) -> LayerwiseError:
         cache = f"{constants.HF_HUB_CACHE} (default; HF_HOME is not set)"
     local = Path(model).expanduser()
     tried = [f"local folder {local.absolute()}: {'has no config.json' if local.is_dir() else 'does not exist'}"]
-    if not _looks_like_path(model):
+    if not looks_like_path(model):
         mode = "offline (HF_HUB_OFFLINE=1), cache only" if hub_offline() else "online, then cache"
         rev = f" at revision {revision}" if revision else ""
         tried.append(f"Hugging Face hub id '{model}'{rev} in cache {cache}, {mode}: not found")
-    hint_id = model if not _looks_like_path(model) else "<org>/<model>"
+    hint_id = model if not looks_like_path(model) else "<org>/<model>"
     first = detail.strip().splitlines()[0] if detail.strip() else ""
     return LayerwiseError(
         f"{MODEL_PARAM} '{model}': cannot read the model config. Tried: " + "; ".join(tried) + ". "
@@ -160,7 +163,7 @@ def resolve_model_dir(model: str, revision: str | None = None) -> tuple[Path, st
     local = Path(model).expanduser()
     if local.is_dir():
         return local.absolute(), LOCAL_REVISION
-    if _looks_like_path(model):
+    if looks_like_path(model):
         raise _not_found(model, revision, "")
     from huggingface_hub import snapshot_download
 
@@ -182,7 +185,7 @@ def resolve_source(model: str, revision: str | None) -> tuple[str, dict]:
             raise _not_found(model, revision, "")
         source = str(local)
     else:
-        if _looks_like_path(model):
+        if looks_like_path(model):
             raise _not_found(model, revision, "")
         source = model
         kwargs = {"revision": revision, "cache_dir": hub_cache_dir(), "local_files_only": hub_offline()}

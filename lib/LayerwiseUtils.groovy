@@ -135,18 +135,28 @@ class LayerwiseUtils {
         return JsonOutput.prettyPrint(JsonOutput.toJson(clean))
     }
 
-    /** Number of layer_*_*.pt files directly in `dir` (0 if it does not exist or is not local). */
-    static int countLayerFiles(Path dir) {
+    /**
+     * "--model names a local folder, not a hub id (owner/name)": absolute, relative to . / .. or ~, or
+     * with more than one '/'. The same rule as layerwise.model.looks_like_path (tests/test_local_path.py).
+     */
+    static boolean looksLikePath(String s) {
+        return s.startsWith('/') || s.startsWith('./') || s.startsWith('../') || s.startsWith('~') ||
+               s.count('/') > 1 || s in ['.', '..']
+    }
+
+    /**
+     * [status, verified layer files] from <outdir>/extraction_metadata.json, as PUBLISH_RESULTS wrote it:
+     * the files it placed and verified (layerwise.publish names them; nothing is matched by file name here).
+     */
+    static Map verifiedLayerFiles(Path outdir) {
         try {
-            if (dir == null || !Files.isDirectory(dir)) return 0
-            def stream = Files.list(dir)
-            try {
-                return (int) stream.filter { Path p -> p.fileName.toString() ==~ /layer_\d+_.+\.pt/ }.count()
-            } finally {
-                stream.close()
-            }
-        } catch (Exception ignored) {
-            return 0
+            Path meta = outdir.resolve(LayerwiseOutdir.METADATA)
+            if (!Files.isRegularFile(meta)) return [status: 'missing', files: 0]
+            Map m = new groovy.json.JsonSlurper().parse(meta.toFile()) as Map
+            int n = (m.status in ['passed', 'stub']) ? (m.published ?: []).count { it instanceof Map && it.layer != null } as int : 0
+            return [status: m.status ?: 'unknown', files: n]
+        } catch (Exception e) {
+            return [status: "unreadable (${e.message})".toString(), files: 0]
         }
     }
 

@@ -80,7 +80,7 @@ def initialise() {
 
     // A local model directory is passed to tasks by absolute path (tasks run in work/)
     def model = params.model.toString()
-    if (isLocalPath(model) && file(model).exists()) model = file(model).toAbsolutePath().toString()
+    if (LayerwiseUtils.looksLikePath(model) || file(model).exists()) model = file(model).toAbsolutePath().toString()
 
     def digest_all  = LayerwiseUtils.sourceDigest(projectDir)
     def digest_core = LayerwiseUtils.sourceDigest(projectDir, LayerwiseUtils.DOWNSTREAM_ONLY)
@@ -155,6 +155,8 @@ def registerCompletion(ch_plan) {
         emailFail: params.email_on_fail,
         plaintext: params.plaintext_email as boolean,
         expected : null,
+        sae      : params.sae as boolean,
+        analysis : params.analysis as boolean,
     ]
     ch_plan.subscribe { plan -> settings.expected = (plan.layers as List).size() * (plan.languages as List).size() }
     workflow.onComplete { completionSummary(settings) }
@@ -163,16 +165,22 @@ def registerCompletion(ch_plan) {
 def completionSummary(Map settings) {
     def c = LayerwiseSchema.colours(settings.mono)
     def outdir = settings.outdir
-    def found = LayerwiseUtils.countLayerFiles(file("${outdir}/layer_checkpoints"))
+    def found = LayerwiseUtils.verifiedLayerFiles(file(outdir).toAbsolutePath())
     def status = workflow.success ? "${c.green}completed successfully${c.reset}" : "${c.red}FAILED${c.reset}"
     def lines = [
         "layerwise ${workflow.manifest.version} ${status}${workflow.stubRun ? ' (stub run)' : ''}",
         "  run name   : ${workflow.runName}",
         "  duration   : ${workflow.duration}",
         "  outdir     : ${outdir}",
-        "  layer files: ${found}" + (settings.expected != null ? " of ${settings.expected} in ${outdir}/layer_checkpoints" : ''),
+        "  layer files: ${found.files}" + (settings.expected != null ? " of ${settings.expected}" : '') +
+            " verified in ${outdir}/layer_checkpoints" + (found.status in ['passed', 'stub'] ? '' : " (extraction_metadata.json: ${found.status})"),
         "  reports    : ${outdir}/pipeline_info/",
     ]
+    // the later stages' outputs, as their completion markers say (written last by each stage)
+    if (settings.sae)
+        lines << "  SAEs       : " + (file("${outdir}/sae/metrics.parquet").exists() ? "${outdir}/sae/ (metrics.parquet, report.html)" : 'not complete')
+    if (settings.analysis)
+        lines << "  analysis   : " + (file("${outdir}/analysis/report.html").exists() ? "${outdir}/analysis/report.html" : 'not complete')
     if (workflow.success && workflow.stats.ignoredCount)
         lines << "  ${c.yellow}${workflow.stats.ignoredCount} task(s) failed and were ignored${c.reset}"
     if (!workflow.success) {
@@ -216,17 +224,13 @@ def header(Map c) {
     """.stripIndent()
 }
 
-def isLocalPath(String s) {
-    s.startsWith('/') || s.startsWith('./') || s.startsWith('../') || s.startsWith('~') || s == '.' || file(s).exists()
-}
-
 /** Checks that the schema cannot express. Each entry is one line naming the parameter. */
 def extraChecks(LayerwiseSchema schema) {
     def errors = []
     // A model given as a path must exist (hub ids like google/gemma-3-4b-it are resolved by the task)
     if (params.model instanceof CharSequence && params.model) {
         def m = params.model.toString()
-        if ((m.startsWith('/') || m.startsWith('./') || m.startsWith('../') || m.startsWith('~')) && !file(m).exists())
+        if (LayerwiseUtils.looksLikePath(m) && !file(m).exists())
             errors << "--model: directory not found: ${m}"
         else if (file(m).exists() && !file(m).isDirectory())
             errors << "--model: expected a model directory (with config.json) but found a file: ${m}"
