@@ -428,10 +428,10 @@ def test_gpu_tasks_got_partition_gpu_and_the_a100_gres(runs):
 
 
 def test_cpu_tasks_got_partition_cpu_without_gres(runs):
-    """b. PREFLIGHT, PUBLISH_RESULTS: partition cpu, no gres, no CUDA_VISIBLE_DEVICES from SLURM."""
+    """b. PREFLIGHT, PUBLISH_RESULTS, ANALYZE_LAYERS: partition cpu, no gres, no CUDA_VISIBLE_DEVICES from SLURM."""
     slurm = runs["slurm"]
     cpu_rows = [r for r in trace_of(slurm) if proc_name(r) not in GPU_PROCESSES]
-    assert len(cpu_rows) == 1 + 1
+    assert sorted(proc_name(r) for r in cpu_rows) == ["ANALYZE_LAYERS", "PREFLIGHT", "PUBLISH_RESULTS"]
     for row in cpu_rows:
         job, wd = row["native_id"], row["workdir"]
         lines = sbatch_lines(wd)
