@@ -146,3 +146,14 @@ def test_stub_run_trains_one_sae_per_layer_and_language_when_not_pooled(tmp_path
     tags = sorted(r["tag"] for r in rows_of(rows, "TRAIN_SAE"))
     assert tags == sorted(f"layer {i} {lang}" for i in LAYERS for lang in LANGUAGES), tags
     assert len(rows_of(rows, "PUBLISH_SAE")) == 1 and len(rows_of(rows, "ANALYZE_LAYERS")) == 1
+
+
+def test_every_report_listed_for_seqera_platform_exists(sae_runs):
+    """tower.yml's Reports-tab patterns each match a file that a --sae run publishes."""
+    import yaml
+    from pipeline_helpers import ROOT
+
+    out = sae_runs["trained"].outdir
+    patterns = yaml.safe_load((ROOT / "tower.yml").read_text())["reports"]
+    for pattern in patterns:
+        assert list(out.glob(pattern)), f"tower.yml lists {pattern}, which the run did not publish"
