@@ -1,4 +1,4 @@
-"""Shared behaviour of the bin/ command-line scripts."""
+"""Shared behaviour of the layerwise commands (bin/layerwise, layerwise/commands/)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -6,9 +6,10 @@ from collections.abc import Callable
 from .errors import LayerwiseError, report_and_exit
 
 
-def run_cli(main: Callable[[], None]) -> None:
-    """Run `main`; a LayerwiseError (bad input) is one clear line on stderr and exit status 2."""
+def run_cli(main: Callable[[], int | None]) -> int:
+    """Run `main` and return its exit status (None: 0); a LayerwiseError (bad input) is one clear line
+    on stderr and exit status 2."""
     try:
-        main()
+        return main() or 0
     except LayerwiseError as exc:
         report_and_exit(exc)

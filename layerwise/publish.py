@@ -142,7 +142,8 @@ def read_units(plan: dict, unit_dirs: list[Path]) -> list[dict]:
     return units
 
 
-def publish_stub(plan: dict, unit_dirs: list[Path], outdir: Path) -> dict[str, Any]:
+def publish_stub(plan: dict, samplesheet: Path, unit_dirs: list[Path], outdir: Path,
+                 plan_file: Path | None = None) -> dict[str, Any]:
     """For -stub-run: link the units' (empty) layer files into place and record them as a real run does,
     so that the stages after publishing see the same files; nothing is validated (status "stub")."""
     by_name = {Path(d).name: Path(d) for d in unit_dirs}
@@ -157,6 +158,10 @@ def publish_stub(plan: dict, unit_dirs: list[Path], outdir: Path) -> dict[str, A
             place(by_name[unit["id"]] / name, Path(outdir) / rel, "link")
             published.append({"path": rel, "layer": layer, "language": language, "how": "stub",
                               "sha256": sha256_file(Path(outdir) / rel)})
+    for src, rel in ((plan_file, f"{PIPELINE_INFO}/plan.json"), (samplesheet, f"{PIPELINE_INFO}/samplesheet.valid.csv")):
+        if src is not None:
+            place(src, Path(outdir) / rel, "copy")
+            published.append({"path": rel, "how": "copied", "sha256": sha256_file(Path(outdir) / rel)})
     metadata = {"status": "stub", "published": published}
     atomic_write_json(Path(outdir) / METADATA_JSON, metadata)
     return metadata

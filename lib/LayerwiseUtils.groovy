@@ -20,12 +20,16 @@ class LayerwiseUtils {
      */
     static final List<String> DOWNSTREAM_ONLY = ['layerwise/validate.py', 'layerwise/report.py', 'layerwise/fixtures.py',
                                                  'layerwise/validation/', 'layerwise/publish.py', 'layerwise/merge.py',
-                                                 'layerwise/params_schema.py',
+                                                 'layerwise/params_schema.py', 'layerwise/commands/analyze.py',
+                                                 'layerwise/commands/validate.py', 'layerwise/commands/publish.py',
+                                                 'layerwise/commands/publish_sae.py', 'layerwise/commands/train_sae.py',
+                                                 'layerwise/commands/make_fixtures.py',
                                                  'layerwise/analysis/', 'layerwise/sae/']
 
     // The sources TRAIN_SAE runs (bin/layerwise-train-sae imports nothing else of layerwise; a test checks it)
     static final List<String> SAE_SOURCES = ['layerwise/__init__.py', 'layerwise/cli.py', 'layerwise/errors.py',
-                                             'layerwise/schema.py', 'layerwise/sae/']
+                                             'layerwise/schema.py', 'layerwise/sae/',
+                                             'layerwise/commands/__init__.py', 'layerwise/commands/train_sae.py']
 
     /**
      * SHA-256 over the sorted files layerwise/**.py and assets/prompts.json (relative name + content),

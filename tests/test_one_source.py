@@ -8,8 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.machinery
-import importlib.util
+import importlib
 import json
 from pathlib import Path
 
@@ -46,11 +45,8 @@ def unit_config_defaults() -> dict:
 
 
 def load_script(name: str):
-    path = ROOT / "bin" / name
-    loader = importlib.machinery.SourceFileLoader(name.replace("-", "_"), str(path))
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
-    loader.exec_module(module)
-    return module
+    # bin/layerwise-<command> runs layerwise/commands/<command>.py
+    return importlib.import_module("layerwise.commands." + name.removeprefix("layerwise-").replace("-", "_"))
 
 
 @pytest.mark.parametrize("param", EXTRACTION_PARAMS)

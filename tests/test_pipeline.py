@@ -41,7 +41,7 @@ pytestmark = pytest.mark.pipeline
 
 LANGUAGES = ("english", "arabic")
 NUM_LAYERS, HIDDEN, N_SAMPLES = 6, 64, 12
-PROCESSES = ("PREFLIGHT", "EXTRACT_ACTIVATIONS", "PUBLISH_RESULTS")
+PROCESSES = ("PREFLIGHT", "EXTRACT_ACTIVATIONS", "PUBLISH_RESULTS", "ANALYZE_LAYERS")
 # -profile test: layer_groups 2 (0-2, 3-5) x 2 languages x 2 shards of 6 samples
 EXPECTED_TASKS = {"PREFLIGHT": 1, "EXTRACT_ACTIVATIONS": 8, "PUBLISH_RESULTS": 1, "ANALYZE_LAYERS": 1}
 # PREFLIGHT and PUBLISH_RESULTS always run (they check inputs and outdir as they are now)
@@ -149,8 +149,8 @@ def test_metadata_json(full_run):
     # every published file is listed, with its checksum, and nothing else
     published = {r["path"]: r for r in meta["published"]}
     present = {p.relative_to(full_run.outdir).as_posix() for p in full_run.outdir.rglob("*") if p.is_file()}
-    managed = {p for p in present if not p.startswith("pipeline_info/") or p.rsplit("/", 1)[-1] in
-               ("plan.json", "samplesheet.valid.csv")} - {"extraction_metadata.json"}
+    managed = {p for p in present if not p.startswith(("pipeline_info/", "analysis/")) or p.rsplit("/", 1)[-1] in
+               ("plan.json", "samplesheet.valid.csv")} - {"extraction_metadata.json"}   # analysis/: ANALYZE_LAYERS
     assert set(published) == managed, set(published) ^ managed
     for rel, rec in published.items():
         assert rec["sha256"] == sha256_file(full_run.outdir / rel), rel

@@ -366,13 +366,10 @@ def test_a_unit_missing_from_the_inputs_is_named(tmp_path):
 
 # -- the command-line script -------------------------------------------------------------------
 def load_script(name: str):
-    import importlib.machinery
-    import importlib.util
+    import importlib
 
-    loader = importlib.machinery.SourceFileLoader(name.replace("-", "_"), str(REPO / "bin" / name))
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
-    loader.exec_module(module)
-    return module
+    # bin/layerwise-<command> runs layerwise/commands/<command>.py
+    return importlib.import_module("layerwise.commands." + name.removeprefix("layerwise-").replace("-", "_"))
 
 
 def run_script(args, capsys) -> tuple[int, str, str]:

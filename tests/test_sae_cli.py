@@ -1,8 +1,7 @@
 """bin/layerwise-train-sae end to end (in process: SAELens is imported once per test session)."""
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
+import importlib
 import json
 from pathlib import Path
 
@@ -19,11 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_cli():
-    loader = importlib.machinery.SourceFileLoader("layerwise_train_sae_cli", str(ROOT / "bin" / "layerwise-train-sae"))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+    return importlib.import_module("layerwise.commands.train_sae")   # what bin/layerwise-train-sae runs
 
 
 

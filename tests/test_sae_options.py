@@ -1,8 +1,7 @@
 """SAEOptions: defaults, checks that name the option, the JSON-schema view and the CLI flags (no SAELens)."""
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
+import importlib
 import os
 import subprocess
 import sys
@@ -20,11 +19,7 @@ CLI = ROOT / "bin" / "layerwise-train-sae"
 
 
 def load_cli():
-    loader = importlib.machinery.SourceFileLoader("layerwise_train_sae_cli", str(CLI))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+    return importlib.import_module("layerwise.commands.train_sae")   # what bin/layerwise-train-sae runs
 
 
 def test_defaults_are_valid_and_documented():

@@ -3,7 +3,8 @@
 `LayerwiseUtils.DOWNSTREAM_ONLY` leaves files out of the extraction digest (editing them must not
 re-run GPU work), so extraction must never import them; `LayerwiseUtils.SAE_SOURCES` is all that
 TRAIN_SAE's digest covers, so SAE training must import nothing else. Both are checked on the static
-import graph (every `import`, including those inside functions) from the bin/ entry points.
+import graph (every `import`, including those inside functions) from the commands' modules
+(layerwise/commands/<command>.py, which bin/layerwise-<command> runs).
 """
 from __future__ import annotations
 
@@ -80,18 +81,20 @@ def covered(rel: str, prefixes: list[str]) -> bool:
 
 def test_extraction_never_imports_the_downstream_only_sources():
     downstream = groovy_list("DOWNSTREAM_ONLY")
-    used = closure(ROOT / "bin" / "layerwise-extract")
+    assert not covered("layerwise/commands/extract.py", downstream)   # the command itself is in the digest
+    used = closure(ROOT / "layerwise" / "commands" / "extract.py")
     assert {"layerwise/extract.py", "layerwise/ptfile.py", "layerwise/model.py"} <= used
     bad = sorted(f for f in used if covered(f, downstream))
-    assert not bad, f"bin/layerwise-extract imports files left out of the extraction digest: {bad}"
+    assert not bad, f"layerwise/commands/extract.py (bin/layerwise-extract) imports files left out of the extraction digest: {bad}"
 
 
 def test_sae_training_imports_only_the_sae_sources():
     sources = groovy_list("SAE_SOURCES")
-    used = closure(ROOT / "bin" / "layerwise-train-sae")
+    assert covered("layerwise/commands/train_sae.py", sources)   # the command itself is in the digest
+    used = closure(ROOT / "layerwise" / "commands" / "train_sae.py")
     assert "layerwise/sae/train.py" in used
     outside = sorted(f for f in used if not covered(f, sources))
-    assert not outside, f"bin/layerwise-train-sae imports files outside LayerwiseUtils.SAE_SOURCES: {outside}"
+    assert not outside, f"layerwise/commands/train_sae.py (bin/layerwise-train-sae) imports files outside LayerwiseUtils.SAE_SOURCES: {outside}"
 
 
 @pytest.mark.parametrize("name", ["DOWNSTREAM_ONLY", "SAE_SOURCES"])

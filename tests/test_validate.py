@@ -489,14 +489,10 @@ def test_all_problems_are_collected(run):
 # -- CLI ------------------------------------------------------------------------------------
 def load_script(name: str):
     """A bin/ script as a module (the tests call its main() in-process: starting torch per call is slow)."""
-    import importlib.machinery
-    import importlib.util
+    import importlib
 
-    path = REPO / "bin" / name
-    loader = importlib.machinery.SourceFileLoader(name.replace("-", "_"), str(path))
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
-    loader.exec_module(module)
-    return module
+    # bin/layerwise-<command> runs layerwise/commands/<command>.py
+    return importlib.import_module("layerwise.commands." + name.removeprefix("layerwise-").replace("-", "_"))
 
 
 def run_cli(r: Run, files, summaries=(), summaries_first=True, capsys=None) -> tuple[int, str, str]:

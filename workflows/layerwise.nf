@@ -121,6 +121,8 @@ workflow LAYERWISE {
             .map { meta, out ->
                 def layers = (meta.published ?: []).findAll { it.layer != null }.sort { it.path }
                 def sheet  = (meta.published ?: []).find { it.path.toString().endsWith('samplesheet.valid.csv') }
+                if (!layers || !sheet)
+                    error("PUBLISH_RESULTS recorded no ${layers ? 'samplesheet' : 'layer files'} in extraction_metadata.json")
                 [layers.collectEntries { [(it.path): it.sha256] } + [samplesheet: sheet?.sha256],
                  layers.collect { file("${out}/${it.path}") }, file("${out}/${sheet.path}")]
             }

@@ -41,7 +41,10 @@ def initialise() {
     }
 
     log.info header(c)
-    log.info schema.summary(params, mono, 'ncc' in workflow.profile.tokenize(',') ? [] : ['cluster_options'])
+    // groups of stages that do not run are left out of the summary
+    def skipped = ('ncc' in workflow.profile.tokenize(',') ? [] : ['cluster_options']) +
+                  (params.sae ? [] : ['sae_options']) + (params.analysis ? [] : ['analysis_options'])
+    log.info schema.summary(params, mono, skipped)
 
     def errors = []
     if (params.validate_params) {

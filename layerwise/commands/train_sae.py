@@ -1,0 +1,75 @@
+"""Train one SAE per layer (SAELens) on layer files; write <out-dir>/layer_{L}[_{language}]/ and metrics.parquet.
+
+Files are grouped by their `layer` key; each layer's files (one per language) train one SAE,
+all languages pooled (--language pooled, the default) or one language's file only. Every option
+of layerwise.sae.options.SAEOptions is a flag (--name-with-dashes); defaults and checks live there.
+"""
+import argparse
+import json
+from dataclasses import fields
+from pathlib import Path
+
+from layerwise.errors import LayerwiseError
+from layerwise.sae.options import SAEOptions, option_specs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="layerwise-train-sae", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out-dir", type=Path, help="SAE root folder (e.g. results/sae)")
+    p.add_argument("--metrics", type=Path, help="metrics table (default: <out-dir>/metrics.parquet)")
+    p.add_argument("--options-json", type=Path, help="JSON object of SAE options (flags override it)")
+    p.add_argument("--print-options-schema", action="store_true",
+                   help="print every SAE option as JSON schema (for nextflow_schema.json) and exit")
+    specs = option_specs()
+    g = p.add_argument_group("SAE options (layerwise.sae.options.SAEOptions)")
+    for f in fields(SAEOptions):
+        spec = specs[f.name]
+        choices = f" {{{','.join(spec['enum'])}}}" if "enum" in spec else ""
+        g.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, metavar=spec["type"].upper(),
+                       help=f"{spec['description']}{choices} (default: {spec['default']})")
+    p.add_argument("layer_files", nargs="*", type=Path, metavar="LAYER_FILE.pt")
+    return p
+
+
+def parse_options(args: argparse.Namespace) -> SAEOptions:
+    values = {}
+    if args.options_json:
+        try:
+            values = json.loads(args.options_json.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise LayerwiseError(f"{args.options_json}: cannot read the SAE options: {exc}") from exc
+        if not isinstance(values, dict):
+            raise LayerwiseError(f"{args.options_json}: SAE options must be a JSON object")
+    values.update({f.name: getattr(args, f.name) for f in fields(SAEOptions) if getattr(args, f.name) is not None})
+    return SAEOptions.from_mapping(values)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.print_options_schema:
+        print(json.dumps(option_specs(), indent=2))
+        return 0
+    options = parse_options(args)           # checked before anything heavy is imported
+    if args.out_dir is None:
+        raise LayerwiseError("--out-dir is required")
+    if not args.layer_files:
+        raise LayerwiseError("no layer files given (LAYER_FILE.pt...)")
+    from layerwise.sae.metrics import write_metrics
+    from layerwise.sae.outputs import METRICS_TABLE
+    from layerwise.sae.source import group_by_layer
+    from layerwise.sae.train import train_layer_sae
+
+    records = []
+    for layer, paths in group_by_layer(args.layer_files).items():
+        recs = train_layer_sae(paths, args.out_dir, options)
+        records += recs
+        val = next(r for r in recs if r["split"] == "validation")
+        print(f"layer {layer} ({val['language']}: {val['languages']}): {val['architecture']} d_sae={val['d_sae']}, "
+              f"held-out explained variance {val['explained_variance']:.4f}, L0 {val['mean_l0']:.1f}, "
+              f"dead {val['dead_fraction']:.3f}, {val['tokens_seen']} tokens seen -> {args.out_dir / val['sae_dir']}",
+              flush=True)
+    path = write_metrics(records, args.metrics or args.out_dir / METRICS_TABLE)
+    print(f"{len(records)} metric records -> {path}")
+    return 0
+
