@@ -38,7 +38,7 @@ SIZE = 64                       # the fixture's SigLIP image size: no resampling
 PROMPT = "Describe the person in this image."
 NEUTRAL_CAPTION = "A child in a picture."
 GENDER_WORDS = {"male": "boy", "female": "girl", None: "child"}   # 3 fixture tokens each
-# Neutral context, chosen at random per sample, independent of the label.
+# Neutral context, a distinct one per sample, independent of the label.
 OPENINGS = ("In this picture,", "Here", "On the left,", "In the photo,", "Today", "Outside,", "Near the door,",
             "At noon,")
 ACTIONS = ("is standing near a tree.", "sits on a chair.", "holds a red ball.", "looks at the sky.",
@@ -149,11 +149,15 @@ def write_caption_signal(out_dir: Path, n: int = 32, seed: int = 0) -> PlantedDa
     rng = random.Random(f"caption-signal-{seed}")
     genders = balanced_labels(n, rng)
     image = neutral_image(random.Random(f"caption-signal-image-{seed}"))
+    # every sample gets its own context (drawn without replacement): a neutral caption that occurs twice,
+    # once per label, would let a null probe "learn" from its twin and sit below chance
+    contexts = [(o, a) for o in OPENINGS for a in ACTIONS]
+    if n > len(contexts):
+        raise ValueError(f"at most {len(contexts)} samples (distinct caption contexts)")
     rows = []
-    for i, gender in enumerate(genders):
+    for i, (gender, context) in enumerate(zip(genders, rng.sample(contexts, n))):
         sid = f"b{i:03d}"
         _save_png(image, out_dir / "images" / f"{sid}.png", sid)
-        context = (rng.choice(OPENINGS), rng.choice(ACTIONS))
         rows.append({"sample_id": sid, "image": f"images/{sid}.png", "gender": gender,
                      "caption_english": gendered_caption(context, gender),
                      "caption_neutral": gendered_caption(context, None)})

@@ -28,14 +28,59 @@ def class_counts(y: np.ndarray, classes: Sequence[str]) -> str:
     return ",".join(f"{c}:{counts.get(k, 0)}" for k, c in sorted(enumerate(classes), key=lambda kc: kc[1]))
 
 
-def usable(y: np.ndarray, n_classes: int, folds: int) -> str | None:
-    """None when a stratified k-fold split is possible, else why not."""
+GROUPED_FOLDS = ("folds are grouped by image (--samplesheet: its image_sha256, else image) so that no image is "
+                 "in both the training and the test folds")
+
+
+def usable(y: np.ndarray, n_classes: int, folds: int, groups: np.ndarray | None = None) -> str | None:
+    """None when a stratified (and, with groups, grouped) k-fold split is possible, else why not.
+
+    With groups, every class needs samples from at least `folds` distinct groups: the folds are
+    made of whole groups, so fewer groups than folds leave a fold empty (or a class out of a
+    training fold). Grouping is never dropped to make a split possible; the message says what to
+    change instead.
+    """
     counts = np.bincount(y, minlength=n_classes) if len(y) else np.zeros(n_classes, dtype=int)
     if (counts == 0).any():
         return f"a probed class has no sample (counts {counts.tolist()})"
     if counts.min() < folds:
         return f"the smallest class has {int(counts.min())} sample(s), fewer than the {folds} folds"
-    return None
+    if groups is None:
+        return None
+    groups = np.asarray(groups)
+    n_groups = len(np.unique(groups))
+    per_class = [len(np.unique(groups[y == k])) for k in range(n_classes)]
+    if n_groups < folds:
+        what = f"only {n_groups} distinct image(s) among the {len(y)} samples, fewer than the {folds} folds"
+    elif min(per_class) < folds:
+        what = (f"the smallest class has only {min(per_class)} distinct image(s) among its "
+                f"{int(counts[int(np.argmin(per_class))])} samples, fewer than the {folds} folds")
+    else:
+        return None
+    fit = min(n_groups, min(per_class))
+    fix = (f"use at most {fit} folds (--folds; --analysis_folds in the pipeline)" if fit >= 2
+           else "fewer folds cannot help (at least 2 are needed)")
+    return f"{what}: {GROUPED_FOLDS}; {fix}, or add samples with more distinct images"
+
+
+def permuted_labels(y: np.ndarray, rng: np.random.Generator, groups: np.ndarray | None = None) -> np.ndarray:
+    """A seeded random permutation of the labels, by group when every group has a single label.
+
+    Without groups (or when a group holds several labels), the labels of the samples are
+    permuted. With groups whose samples share their label (e.g. the samples of one image), the
+    group labels are permuted instead: the samples of a group are not independent (the image
+    view is the same in all of them), so the exchangeable units under the null are the groups,
+    and permuting single samples would give a control that is too narrow.
+    """
+    if groups is None:
+        return rng.permutation(y)
+    _, inv = np.unique(np.asarray(groups), return_inverse=True)
+    n_groups = int(inv.max()) + 1 if len(inv) else 0
+    label = np.full(n_groups, -1, dtype=np.int64)
+    label[inv] = y
+    if not (label[inv] == y).all():      # a group with two labels: permute samples
+        return rng.permutation(y)
+    return rng.permutation(label)[inv].astype(y.dtype, copy=False)
 
 
 def fold_splits(y: np.ndarray, folds: int, seed: int, groups: np.ndarray | None = None

@@ -1,8 +1,15 @@
 """Logistic-regression probes: held-out accuracy, a shuffled-label control and transfer.
 
 The probe is `StandardScaler -> LogisticRegression` in one Pipeline, so the standardisation is
-fitted on the training folds only. The control refits the same probe on the same folds with the
-labels permuted (seeded); the permutation p-value is (1 + #{control >= observed}) / (1 + n_perm).
+fitted on the training folds only. The control refits the same probe with the labels permuted
+(seeded) and the folds split again, stratified (and grouped) on the permuted labels, as the
+observed folds are on the true ones; the permutation p-value is
+(1 + #{control >= observed}) / (1 + n_perm).
+
+Why the folds are split again: folds stratified for the true labels put the permuted labels off
+balance in every fold, which alone costs a probe accuracy (a probe with nothing to learn predicts
+the training folds' majority, which is then the test fold's minority). Controls scored on those
+folds sit below chance, and an uninformative view's exact 0.5 would look significant.
 """
 from __future__ import annotations
 
@@ -15,6 +22,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
+
+from .labels import fold_splits, permuted_labels
 
 MAX_ITER = 1000
 
@@ -58,18 +67,28 @@ class ProbeResult:
     control_scores: np.ndarray
 
 
-def probe(X: np.ndarray, y: np.ndarray, splits, *, permutations: int = 20, seed: int = 0, C: float = 1.0,
-          n_jobs: int = 1) -> ProbeResult:
-    """Held-out accuracy of a gender probe on X [n, H] with labels y, and its shuffled-label control."""
+def probe(X: np.ndarray, y: np.ndarray, splits, *, groups: np.ndarray | None = None, permutations: int = 20,
+          seed: int = 0, C: float = 1.0, n_jobs: int = 1) -> ProbeResult:
+    """Held-out accuracy of a gender probe on X [n, H] with labels y, and its shuffled-label control.
+
+    `splits` are the folds of the observed accuracy (`labels.fold_splits(y, folds, seed, groups)`).
+    Every permutation gets its own folds, `fold_splits(y_perm, len(splits), seed, groups)`:
+    stratified on the permuted labels and, with `groups`, grouped (and the labels permuted by
+    group, `labels.permuted_labels`). Pass the `groups` the observed folds were grouped by.
+    """
     scores, warn = cv_scores(X, y, splits, C, seed)
     rng = np.random.default_rng(seed)
-    perms = [rng.permutation(y) for _ in range(permutations)]
+    perms = [permuted_labels(y, rng, groups) for _ in range(permutations)]
+    with warnings.catch_warnings():
+        # permuting by group changes the class counts: a class may fall below the folds (sklearn warns)
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        perm_splits = [fold_splits(yp, len(splits), seed, groups) for yp in perms]
     if n_jobs != 1 and permutations > 1:
         from joblib import Parallel, delayed
 
-        runs = Parallel(n_jobs=n_jobs)(delayed(cv_scores)(X, yp, splits, C, seed) for yp in perms)
+        runs = Parallel(n_jobs=n_jobs)(delayed(cv_scores)(X, yp, sp, C, seed) for yp, sp in zip(perms, perm_splits))
     else:
-        runs = [cv_scores(X, yp, splits, C, seed) for yp in perms]
+        runs = [cv_scores(X, yp, sp, C, seed) for yp, sp in zip(perms, perm_splits)]
     control = np.array([s.mean() for s, _ in runs])
     warn += sum(w for _, w in runs)
     observed = float(scores.mean())

@@ -26,7 +26,7 @@ import pandas as pd
 from ..errors import LayerwiseError
 from . import crosslingual, directions, outputs
 from .cka import GramStore
-from .labels import DEFAULT_CLASSES, class_counts, encode_labels, fold_splits, usable
+from .labels import DEFAULT_CLASSES, class_counts, encode_labels, fold_splits, permuted_labels, usable
 from .pooling import pool_file
 from .probes import MAX_ITER, probe, transfer_scores
 from .reader import CHUNK_BYTES, LayerFile, open_layer_file
@@ -363,19 +363,21 @@ def _per_view(layer, lang, view, lf: LayerFile, p, opts: Options, notes: Notes, 
               probe_rows: list, base_dir_rows: dict) -> None:
     """Probe and direction of one (layer, language, view)."""
     idx, y = encode_labels(lf.genders, opts.classes, p.valid)
-    why = usable(y, len(opts.classes), opts.folds)
+    groups = _groups_for(lf, idx, opts)
+    why = usable(y, len(opts.classes), opts.folds, groups)
     if why:
         notes.add(f"probe and direction skipped: {why}", layer, lang, view, "probes")
         return
     X = p.vectors[idx]
     try:
-        splits = fold_splits(y, opts.folds, opts.seed, _groups_for(lf, idx, opts))
-    except ValueError as exc:        # e.g. fewer groups than folds
+        splits = fold_splits(y, opts.folds, opts.seed, groups)
+    except ValueError as exc:        # `usable` rules out the known causes
         notes.add(f"probe and direction skipped: no {opts.folds}-fold split: {exc}", layer, lang, view, "probes")
         return
     classes = class_counts(y, opts.classes)
     with timer("probes"):
-        r = probe(X, y, splits, permutations=opts.permutations, seed=opts.seed, C=opts.C, n_jobs=opts.n_jobs)
+        r = probe(X, y, splits, groups=groups, permutations=opts.permutations, seed=opts.seed, C=opts.C,
+                  n_jobs=opts.n_jobs)
     if r.not_converged:
         notes.add(f"{r.not_converged} probe fit(s) did not converge in {MAX_ITER} iterations", layer, lang, view, "probes")
     probe_rows.append({"layer": layer, "language": lang, "view": view, "accuracy": r.accuracy,
@@ -425,18 +427,22 @@ def _cross_language(layer, files: dict[str, LayerFile], pooled: dict, base_dir_r
             rng = np.random.default_rng([opts.seed, layer])
             with timer("crosslingual"):
                 sim = crosslingual.similarity(pa.vectors[ia], pb.vectors[ib], rng)
+            for prefix, what in (("", "cosines"), ("centered_", "centered cosines")):
+                if np.isnan(sim[f"{prefix}matched_cosine"]):
+                    notes.add(f"{what} of {la} and {lb} undefined (NaN): " + crosslingual.UNDEFINED[prefix],
+                              layer, None, view, "crosslingual")
             cross_rows.append({"layer": layer, "view": view, "language_a": la, "language_b": lb, **sim})
             if not binary:
                 continue
             # Probe transfer on the aligned samples with a probed label, same folds both ways.
             lab_idx, y = encode_labels([files[la].genders[i] for i in ia], opts.classes)
-            why = usable(y, 2, opts.folds)
+            groups = _groups_for(files[la], ia[lab_idx], opts)
+            why = usable(y, 2, opts.folds, groups)
             stats_ab = stats_ba = None
             if why:
                 notes.add(f"probe transfer {la}<->{lb} skipped: {why}", layer, None, view, "directions")
             else:
                 Xa, Xb = pa.vectors[ia[lab_idx]], pb.vectors[ib[lab_idx]]
-                groups = _groups_for(files[la], ia[lab_idx], opts)
                 try:
                     splits = fold_splits(y, opts.folds, opts.seed, groups)
                 except ValueError as exc:
@@ -447,7 +453,11 @@ def _cross_language(layer, files: dict[str, LayerFile], pooled: dict, base_dir_r
                     stats_ab = _transfer_fields(len(y), transfer_scores(Xa, Xb, y, splits, opts.C, opts.seed))
                     stats_ba = _transfer_fields(len(y), transfer_scores(Xb, Xa, y, splits, opts.C, opts.seed))
             with timer("directions"):
-                cos = _direction_cosines(Xa, Xb, y, opts) if not why else _direction_cosines(None, None, None, opts)
+                cos = (_direction_cosines(Xa, Xb, y, opts, groups) if not why
+                       else _direction_cosines(None, None, None, opts))
+            if not why and np.isnan(cos["direction_cosine"]):
+                notes.add(f"direction cosine {la}<->{lb} undefined (NaN): a zero difference of the class means "
+                          "in one language; no p-value", layer, None, view, "directions")
             for src, dst, st in ((la, lb, stats_ab), (lb, la, stats_ba)):
                 partners[(src, view)].append({"other_language": dst, **cos, **(st or _transfer_fields(0, None))})
     for key, base in base_dir_rows.items():
@@ -457,12 +467,14 @@ def _cross_language(layer, files: dict[str, LayerFile], pooled: dict, base_dir_r
             direction_rows.append({**base, **other})
 
 
-def _direction_cosines(Xa, Xb, y, opts: Options) -> dict:
+def _direction_cosines(Xa, Xb, y, opts: Options, groups: np.ndarray | None = None) -> dict:
     """Cosine of the two languages' directions on the aligned samples, and its shuffled-label control.
 
     The control permutes the labels of the aligned samples (the same permutation in both
-    languages): content shared by a sample's two languages (its image) makes even random splits
-    give similar directions, which is the baseline the observed cosine must beat.
+    languages; by group with `groups`, `labels.permuted_labels`): content shared by a sample's two
+    languages (its image) makes even random splits give similar directions, which is the baseline
+    the observed cosine must beat. A cosine that is undefined (NaN: a zero direction) has no
+    p-value (NaN); control permutations whose cosine is undefined are left out of the control.
     """
     nan = float("nan")
     if Xa is None:
@@ -471,13 +483,14 @@ def _direction_cosines(Xa, Xb, y, opts: Options) -> dict:
     cos = directions.cosine(directions.mean_difference(Xa, y), directions.mean_difference(Xb, y))
     rng = np.random.default_rng([opts.seed, 2])
     control = np.array([directions.cosine(directions.mean_difference(Xa, yp), directions.mean_difference(Xb, yp))
-                        for yp in (rng.permutation(y) for _ in range(opts.permutations))])
+                        for yp in (permuted_labels(y, rng, groups) for _ in range(opts.permutations))])
+    control = control[np.isfinite(control)]
     if not len(control):
         return {"direction_cosine": cos, "direction_cosine_control": nan, "direction_cosine_control_std": nan,
                 "direction_cosine_p": nan}
+    p = (1 + int((control >= cos - 1e-12).sum())) / (1 + len(control)) if np.isfinite(cos) else nan
     return {"direction_cosine": cos, "direction_cosine_control": float(control.mean()),
-            "direction_cosine_control_std": float(control.std()),
-            "direction_cosine_p": (1 + int((control >= cos - 1e-12).sum())) / (1 + len(control))}
+            "direction_cosine_control_std": float(control.std()), "direction_cosine_p": p}
 
 
 def _transfer_fields(n: int, scores: dict | None) -> dict:

@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("SAE options (layerwise.sae.options.SAEOptions)")
     for f in fields(SAEOptions):
         spec = specs[f.name]
-        choices = f" {{{','.join(spec['enum'])}}}" if "enum" in spec else ""
+        choices = " {" + ",".join(spec["enum"]) + "}" if "enum" in spec else ""
         g.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, metavar=spec["type"].upper(),
                        help=f"{spec['description']}{choices} (default: {spec['default']})")
     p.add_argument("layer_files", nargs="*", type=Path, metavar="LAYER_FILE.pt")
