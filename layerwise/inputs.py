@@ -182,12 +182,8 @@ def load_rgb(source) -> Image.Image:
             rgb = img.copy()                         # a multi-frame file Pillow keeps open: detach, then close it
             img.close()
         return rgb
-    except FileNotFoundError:
-        raise ImageDecodeError(path, "not found") from None
-    except IsADirectoryError:
-        raise ImageDecodeError(path, "a directory, not an image file") from None
-    except PermissionError:
-        raise ImageDecodeError(path, "cannot be read (permission denied)") from None
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        raise _unreadable(path, e) from None
     except Image.DecompressionBombError as e:
         raise ImageDecodeError(path, f"too large to decode safely ({e}); resize it") from None
     except Image.UnidentifiedImageError:
@@ -199,6 +195,17 @@ def load_rgb(source) -> Image.Image:
             img.close()                              # an error left the file open
 
 
+def _unreadable(path, exc: OSError) -> ImageDecodeError:
+    """The error of an image file that cannot be opened, in the samplesheet's words."""
+    if isinstance(exc, FileNotFoundError):
+        return ImageDecodeError(path, "not found")
+    if isinstance(exc, IsADirectoryError):
+        return ImageDecodeError(path, "a directory, not an image file")
+    if isinstance(exc, PermissionError):
+        return ImageDecodeError(path, "cannot be read (permission denied)")
+    return ImageDecodeError(path, f"cannot be read ({exc.strerror or exc})")
+
+
 def load_rgb_with_digest(path) -> tuple[Image.Image, str]:
     """(:func:`load_rgb` picture, sha256 hex of the file's bytes), reading the file once."""
     import hashlib
@@ -206,14 +213,8 @@ def load_rgb_with_digest(path) -> tuple[Image.Image, str]:
 
     try:
         data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ImageDecodeError(path, "not found") from None
-    except IsADirectoryError:
-        raise ImageDecodeError(path, "a directory, not an image file") from None
-    except PermissionError:
-        raise ImageDecodeError(path, "cannot be read (permission denied)") from None
     except OSError as e:
-        raise ImageDecodeError(path, f"cannot be read ({e.strerror or e})") from None
+        raise _unreadable(path, e) from None
     if not data:
         raise ImageDecodeError(path, "empty file (0 bytes)")
     digest = hashlib.sha256(data).hexdigest()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from command_runner import run_in_process
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import layer_file_factory as F  # noqa: E402
@@ -365,26 +366,9 @@ def test_a_unit_missing_from_the_inputs_is_named(tmp_path):
 
 
 # -- the command-line script -------------------------------------------------------------------
-def load_script(name: str):
-    import importlib
-
-    # bin/layerwise-<command> runs layerwise/commands/<command>.py
-    return importlib.import_module("layerwise.commands." + name.removeprefix("layerwise-").replace("-", "_"))
-
-
 def run_script(args, capsys) -> tuple[int, str, str]:
     """bin/layerwise-publish ARGS in-process, with bin/'s error handling (layerwise.cli.run_cli)."""
-    from layerwise.cli import run_cli
-
-    main = load_script("layerwise-publish").main
-    capsys.readouterr()
-    try:
-        run_cli(lambda: main([str(a) for a in args]))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_in_process("layerwise-publish", args, capsys)
 
 
 def test_cli(tmp_path, capsys):

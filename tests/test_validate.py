@@ -14,6 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import layer_file_factory as F  # noqa: E402
+from command_runner import run_in_process  # noqa: E402
 
 from layerwise import schema  # noqa: E402
 from layerwise import validate as V  # noqa: E402
@@ -487,32 +488,14 @@ def test_all_problems_are_collected(run):
 
 
 # -- CLI ------------------------------------------------------------------------------------
-def load_script(name: str):
-    """A bin/ script as a module (the tests call its main() in-process: starting torch per call is slow)."""
-    import importlib
-
-    # bin/layerwise-<command> runs layerwise/commands/<command>.py
-    return importlib.import_module("layerwise.commands." + name.removeprefix("layerwise-").replace("-", "_"))
-
-
 def run_cli(r: Run, files, summaries=(), summaries_first=True, capsys=None) -> tuple[int, str, str]:
     """(exit status, stdout, stderr) of `layerwise-validate ARGS`, run as bin/ runs it (layerwise.cli.run_cli)."""
-    from layerwise.cli import run_cli as cli
-
     plan = r.root / "plan.json"
     plan.write_text(json.dumps(r.plan))
     args = ["--plan", plan, "--samplesheet", r.samplesheet, "--out-dir", r.out]
     sums = ["--summaries", *summaries] if summaries else []
     args += [*sums, *files] if summaries_first else [*files, *sums]
-    main = load_script("layerwise-validate").main
-    capsys.readouterr()
-    try:
-        cli(lambda: main([str(a) for a in args]))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_in_process("layerwise-validate", args, capsys)
 
 
 def test_cli_success_and_failure(run, capsys):

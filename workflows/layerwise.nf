@@ -40,7 +40,9 @@ workflow LAYERWISE {
 
     ch_plan_file   = PREFLIGHT.out.plan          // value channel (all PREFLIGHT inputs are values)
     ch_sheet_valid = PREFLIGHT.out.samplesheet
-    ch_plan        = ch_plan_file.map { f -> new groovy.json.JsonSlurper().parse(f.toFile()) as Map }
+    // JsonSlurperClassic: plain maps. JsonSlurper's lazy maps are built on first read and are not safe to
+    // read from two operators at once (the parsed plan and metadata each feed several channels).
+    ch_plan        = ch_plan_file.map { f -> new groovy.json.JsonSlurperClassic().parse(f.toFile()) as Map }
 
     //
     // One (meta, sheet) per work unit (layer group, language, sample shard). Plan-wide counts are kept
@@ -83,7 +85,7 @@ workflow LAYERWISE {
     //
     ch_metadata = PUBLISH_RESULTS.out.metadata
         .combine(outdir)
-        .map { f, out -> [new groovy.json.JsonSlurper().parse(f.toFile()) as Map, out] }
+        .map { f, out -> [new groovy.json.JsonSlurperClassic().parse(f.toFile()) as Map, out] }
     ch_layer_files = ch_metadata
         .flatMap { meta, out ->
             (meta.published ?: []).findAll { it.layer != null }

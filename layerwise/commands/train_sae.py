@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, help="SAE root folder (e.g. results/sae)")
     p.add_argument("--metrics", type=Path, help="metrics table (default: <out-dir>/metrics.parquet)")
     p.add_argument("--options-json", type=Path, help="JSON object of SAE options (flags override it)")
+    p.add_argument("--stub-layer", type=int, default=None, metavar="L",
+                   help="for -stub-run: write the (empty) SAE folder of layer L as a real run names it, train nothing")
     p.add_argument("--print-options-schema", action="store_true",
                    help="print every SAE option as JSON schema (for nextflow_schema.json) and exit")
     specs = option_specs()
@@ -53,6 +55,15 @@ def main(argv=None) -> int:
     options = parse_options(args)           # checked before anything heavy is imported
     if args.out_dir is None:
         raise LayerwiseError("--out-dir is required")
+    if args.stub_layer is not None:
+        from layerwise.sae.outputs import METRICS_FILE, sae_folder_name
+
+        folder = args.out_dir / sae_folder_name(args.stub_layer, options.language)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "cfg.json").write_text('{"stub": true}\n', encoding="utf-8")
+        (folder / METRICS_FILE).write_text("[]\n", encoding="utf-8")
+        print(f"stub: {folder}")
+        return 0
     if not args.layer_files:
         raise LayerwiseError("no layer files given (LAYER_FILE.pt...)")
     from layerwise.sae.metrics import write_metrics

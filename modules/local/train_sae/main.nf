@@ -44,10 +44,9 @@ process TRAIN_SAE {
     """
 
     stub:
+    // The folder a real run writes (named by layerwise.sae.outputs), with a stub config; nothing trained
     """
-    mkdir -p 'layer_${meta.layer}_stub'
-    echo '{"stub": true}' > 'layer_${meta.layer}_stub/cfg.json'
-    echo '[]' > 'layer_${meta.layer}_stub/metrics.json'
+    layerwise-train-sae --stub-layer ${meta.layer} --language '${meta.language}' --out-dir .
 
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":
