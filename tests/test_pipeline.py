@@ -517,6 +517,12 @@ BAD_PARAMS = {
     "unknown_parameter": (["--langauges", "english"], ["--langauges", "--languages"], False),
     "symlink_publishing": (["--publish_dir_mode", "symlink"], ["--publish_dir_mode", "symlink", "link"], False),
     "move_publishing": (["--publish_dir_mode", "move"], ["--publish_dir_mode", "move", "copy"], False),
+    "sae_option_range": (["--sae", "--sae_lr", "0"], ["--sae_lr", "above 0"], False),
+    "analysis_option_range": (["--analysis_folds", "1"], ["--analysis_folds", "minimum 2"], False),
+    # needs the model's hidden size and the samples: PREFLIGHT, before any GPU job
+    "sae_width_below_k": (["--sae", "--sae_d_sae", "8", "--sae_k", "16"], ["--sae_k", "d_sae (8"], True),
+    "sae_empty_validation_split": (["--sae", "--sae_validation_fraction", "0.01"],
+                                   ["--sae_validation_fraction", "validation split"], True),
 }
 
 

@@ -131,15 +131,6 @@ def test_sae_report_and_analysis_of_the_sae_latents(sae_runs):
     assert set(features.layer) | skipped == set(LAYERS)
 
 
-def test_sae_options_are_checked_before_any_job(tmp_path, fixture_dir):
-    """A width that does not fit k fails in PREFLIGHT, naming the parameter; nothing is extracted."""
-    run = run_pipeline(tmp_path, "--sae", "--sae_d_sae", "8", "--sae_k", "16", "--analysis", "false",
-                       timeout=RUN_TIMEOUT)
-    assert run.returncode != 0
-    assert "'k' (16) must be <= the SAE width d_sae (8" in run.output and "--sae_k" in run.output, run.output[-3000:]
-    assert not rows_of(run.trace(), "EXTRACT_ACTIVATIONS")
-
-
 def test_stub_run_trains_one_sae_per_layer_and_language_when_not_pooled(tmp_path, fixture_dir):
     run = _ok(run_pipeline(tmp_path, "--sae", "--sae_per_language", stub=True, timeout=RUN_TIMEOUT))
     rows = run.trace()

@@ -45,8 +45,14 @@ def check_sae_options(path: Path, d_in: int, df) -> str:
     try:
         options = SAEOptions.from_mapping(values)
         d_sae = options.check_run(d_in, df[SAMPLE_ID].astype(str).tolist())
-    except SAEOptionsError as exc:   # the pipeline's names are --sae_<option>
-        raise SAEOptionsError(f"{exc} (pipeline parameters: --sae_<option>, e.g. --sae_k)") from None
+    except SAEOptionsError as exc:   # name the pipeline's parameters (--sae_<option>) too
+        import re
+        from dataclasses import fields
+
+        known = {f.name for f in fields(SAEOptions)}
+        named = [n for n in dict.fromkeys(re.findall(r"'([a-z0-9_]+)'", str(exc))) if n in known]
+        params = ", ".join(f"--sae_{n}" for n in named) or "--sae_<option>"
+        raise SAEOptionsError(f"{exc} (pipeline parameter{'s' if len(named) > 1 else ''}: {params})") from None
     return (f"{options.architecture}, d_sae {d_sae} (d_in {d_in}), kinds {','.join(options.kept_kind_names())}, "
             f"validation fraction {options.validation_fraction} of the samples")
 
