@@ -159,3 +159,13 @@ def test_atomic_write_replaces_whole_files_and_leaves_nothing_behind(tmp_path, m
     assert target.read_text() == "new"                       # the old complete file, never a part
     assert sorted(p.name for p in target.parent.iterdir()) == ["a.json"]
     assert atomic.temp_path(target).name == f".a.json.tmp-{os.getpid()}"
+
+
+def test_samplesheet_schema_genders_are_schema_genders_in_any_case():
+    """assets/schema_input.json (for users and nf-schema) lists layerwise.schema.GENDERS, in the cases PREFLIGHT accepts."""
+    from layerwise import schema
+
+    spec = json.loads((ROOT / "assets" / "schema_input.json").read_text())
+    enum = spec["items"]["properties"]["gender"]["enum"]
+    assert set(enum) == {v for g in schema.GENDERS for v in (g, g.title(), g.upper())}
+    assert spec["items"]["properties"]["gender"]["errorMessage"].endswith(", ".join(schema.GENDERS))
