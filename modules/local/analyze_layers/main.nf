@@ -35,6 +35,7 @@ process ANALYZE_LAYERS {
         --out-dir analysis \\
         --samplesheet ${samplesheet} \\
         --threads ${task.cpus} \\
+        --n-jobs ${task.cpus} \\
         --scratch-dir scratch \\
         ${sae} \\
         ${args} \\
