@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,22 +18,17 @@ from typing import Any
 from ..errors import LayerwiseError
 from ..publish import SUPERSEDED_DIR, place
 from .metrics import write_metrics
-from .outputs import METRICS_TABLE, collect_metrics
+from .outputs import METRICS_TABLE, collect_metrics, partial_folder, publish
 
 SAE_DIR = "sae"
 REPORT_HTML = "report.html"
 
 
 def _place_tree(src: Path, dst: Path, mode: str) -> None:
-    part = dst.with_name(f".{dst.name}.partial-{os.getpid()}")
-    shutil.rmtree(part, ignore_errors=True)
+    part = partial_folder(dst)
     for f in sorted(p for p in Path(src).rglob("*") if p.is_file()):
         place(f, part / f.relative_to(src), mode)
-    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(part, dst)
-    shutil.rmtree(old, ignore_errors=True)
+    publish(part, dst)            # the same swap as a training run's folder (outputs.publish)
 
 
 def publish_saes(sae_dirs: Sequence[str | os.PathLike], outdir: str | os.PathLike, mode: str = "link",

@@ -79,7 +79,7 @@ samples never used in training (split by sample: split.json in each folder). Exp
 {_table(records)}
 </body></html>
 """
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    from ..atomic import atomic_write_text
+
+    atomic_write_text(path, text)
     return path
