@@ -27,12 +27,10 @@ workflow {
         PIPELINE_INITIALISATION.out.prompts,
         PIPELINE_INITIALISATION.out.model,
         PIPELINE_INITIALISATION.out.spec,
-        PIPELINE_INITIALISATION.out.digest_all,
-        PIPELINE_INITIALISATION.out.digest_core,
+        PIPELINE_INITIALISATION.out.digests,
         PIPELINE_INITIALISATION.out.outdir,
         PIPELINE_INITIALISATION.out.image_cache,
         PIPELINE_INITIALISATION.out.execution_env,
-        PIPELINE_INITIALISATION.out.digest_sae,
         PIPELINE_INITIALISATION.out.sae_options,
     )
 

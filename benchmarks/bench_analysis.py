@@ -74,7 +74,7 @@ def _mib(n: float) -> str:
 def make_files(out: Path, n: int, args) -> int:
     import torch
 
-    from layerwise.analysis.synthetic import SyntheticSpec, write_synthetic_run
+    from tests.support.analysis_synthetic import SyntheticSpec, write_synthetic_run
 
     n_image = max(1, args.positions - 12 - 8 - 22)       # bos + template 11, prompt ~8, caption ~22
     spec = SyntheticSpec(n_samples=n, hidden=args.hidden, layers=tuple(range(args.layers)), layout=args.layout,

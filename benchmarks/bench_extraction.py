@@ -90,7 +90,7 @@ def build_medium_model(out_dir: Path) -> Path:
     )
     from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
-    from layerwise import fixtures
+    from tests.support import fixtures
 
     tokenizer = fixtures.make_tokenizer()
     image_processor = Gemma3ImageProcessorPil(size={"height": MEDIUM_IMAGE_SIZE, "width": MEDIUM_IMAGE_SIZE},
@@ -115,7 +115,7 @@ def build_medium_model(out_dir: Path) -> Path:
 
 def prepare(config: str, n_samples: int, work: Path) -> tuple[Path, Path]:
     """(model dir, samplesheet with n_samples rows) for the chosen config."""
-    from layerwise import fixtures
+    from tests.support import fixtures
 
     if config == "tiny":
         model_dir = fixtures.ensure_fixtures(ROOT / "tests" / "fixtures" / "build")[0]["model"]
@@ -126,7 +126,7 @@ def prepare(config: str, n_samples: int, work: Path) -> tuple[Path, Path]:
 
 
 def unit_cfg(model_dir: Path, samplesheet: Path, out: Path, **kw):
-    from layerwise.extract import UnitConfig
+    from layerwise.extract.unit import UnitConfig
 
     base = dict(samplesheet=str(samplesheet), model=str(model_dir), language="english", layers="all",
                 out_dir=str(out), dtype="float32", device="cpu", token_selection="all", layout="padded")
@@ -172,7 +172,7 @@ def io_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
 def bench_throughput(args, loaded, model_dir, samplesheet, work) -> dict:
     import torch
 
-    from layerwise.extract import Extractor, preflight, run_unit
+    from layerwise.extract.unit import Extractor, preflight, run_unit
 
     n, bs = args.samples, args.batch_size
     rows = f"0:{n}"
@@ -350,8 +350,8 @@ def memory_child(spec: dict) -> None:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    from layerwise.extract import run_unit
-    from layerwise.model import load_model
+    from layerwise.extract.unit import run_unit
+    from layerwise.models.loading import load_model
 
     sampler = RssSampler()
     sampler.start()
@@ -412,9 +412,9 @@ def bench_memory(args, model_dir, samplesheet, work) -> dict:
 
 # ------------------------------------------------------------------------------------ [d]
 def bench_vision(args, loaded, model_dir, samplesheet, work) -> dict:
-    from layerwise.extract import run_unit
-    from layerwise.layers import split_layer_groups
-    from layerwise.plan import make_shards
+    from layerwise.core.layers import split_layer_groups
+    from layerwise.extract.unit import run_unit
+    from layerwise.preflight.plan import make_shards
 
     n = args.samples
     shards = make_shards(n, max(1, n // 2))
@@ -478,9 +478,9 @@ def bench_vision(args, loaded, model_dir, samplesheet, work) -> dict:
 
 # ------------------------------------------------------------------------------------ [e]
 def bench_layer_forwards(args, loaded, model_dir, samplesheet, work) -> dict:
-    from layerwise.capture import decoder_layers
-    from layerwise.extract import run_unit
-    from layerwise.layers import format_layers, split_layer_groups
+    from layerwise.core.layers import format_layers, split_layer_groups
+    from layerwise.extract.unit import run_unit
+    from layerwise.models.capture import decoder_layers
 
     def cost(groups):  # early exit: a group ending at layer m runs layers 0..m
         return sum(max(g) + 1 for g in groups)
@@ -553,7 +553,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     import transformers
 
-    from layerwise.model import load_model
+    from layerwise.models.loading import load_model
 
     work = Path(tempfile.mkdtemp(prefix="layerwise-bench-"))
     try:

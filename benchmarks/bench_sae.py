@@ -2,7 +2,7 @@
 """Benchmark of SAE training on layer files: data-provider throughput, host memory, training tokens/s.
 
     .venv/bin/python benchmarks/bench_sae.py                   # medium: hidden 1024, ~300 positions, 300 samples x 2 languages
-    .venv/bin/python benchmarks/bench_sae.py --config tiny     # seconds; what tests/test_sae_bench.py runs
+    .venv/bin/python benchmarks/bench_sae.py --config tiny     # seconds; what tests/unit/test_sae_bench.py runs
         [--samples N] [--hidden H] [--repeats R] [--train-tokens T] [--device cpu|cuda] [--threads N]
         [--provider-threads 1] [--json-out F] [--workdir D]
 
@@ -40,10 +40,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from layerwise.sae import synthetic  # noqa: E402
 from layerwise.sae.options import SAEOptions  # noqa: E402
 from layerwise.sae.provider import ActivationProvider  # noqa: E402
 from layerwise.sae.source import LayerSource  # noqa: E402
+from tests.support import sae_synthetic as synthetic  # noqa: E402
 
 CONFIGS = {
     # hidden, image tokens, prompt tokens, caption tokens (min, max), samples per language, batch

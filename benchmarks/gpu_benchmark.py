@@ -8,7 +8,7 @@ The full Gemma-3-4B-it architecture (config embedded below; 4,300,079,472 parame
 with random bf16 weights directly on the GPU. Inputs go through layerwise's own encoding
 (`inputs.InputBuilder` on a `Gemma3Processor`): the chat template, 256 image soft tokens per
 image at 896 px, `token_type_ids`. There is no Gemma tokenizer offline, so the processor uses the
-test fixture's tokenizer (`layerwise.fixtures.make_tokenizer`, trained in a second on English and
+test fixture's tokenizer (`tests.support.fixtures.make_tokenizer`, trained in a second on English and
 Arabic captions); the model's image-token ids follow it. A synthetic samplesheet (JPEG images,
 English and Arabic captions) is written to the write folder.
 
@@ -76,7 +76,7 @@ GEMMA3_4B = {
 
 def tiny_spec() -> dict:
     """The test fixture's architecture (tests/fixtures/build/model): 6 layers, hidden 64, 64 px images."""
-    from layerwise import fixtures
+    from tests.support import fixtures
 
     return {"name": "tiny gemma 3 (fixture architecture, smoke)", "text": dict(fixtures.TEXT, vocab_size=None),
             "vision": dict(fixtures.VISION), "mm_tokens_per_image": fixtures.MM_TOKENS_PER_IMAGE,
@@ -103,7 +103,7 @@ def make_processor(spec: dict):
     """Gemma3Processor: the fixture tokenizer (right padding, as load_model sets) + Gemma 3's image processor."""
     from transformers import Gemma3Processor
 
-    from layerwise import fixtures
+    from tests.support import fixtures
 
     tokenizer = fixtures.make_tokenizer()
     tokenizer.padding_side = "right"
@@ -190,7 +190,8 @@ def build_dataset(out_dir: Path, n: int, image_px: int) -> Path:
     import numpy as np
     from PIL import Image
 
-    from layerwise import fixtures, schema
+    from layerwise.core import schema
+    from tests.support import fixtures
 
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(fixtures.SEED)
@@ -220,10 +221,11 @@ class Data:
     def __init__(self, processor, samplesheet: Path, n: int, batch_size: int, dtype):
         import torch
 
-        from layerwise.inputs import InputBuilder, load_rgb
-        from layerwise.prompts import load_prompts, prompt_for
-        from layerwise.samplesheet import iter_samples, read_samplesheet
-        from layerwise.token_kinds import TokenKinds
+        from layerwise.core.prompts import load_prompts, prompt_for
+        from layerwise.core.sheet import iter_samples
+        from layerwise.models.inputs import InputBuilder, load_rgb
+        from layerwise.models.token_kinds import TokenKinds
+        from layerwise.preflight.samplesheet import read_samplesheet
 
         self.builder, self.kinds = InputBuilder(processor), TokenKinds(processor)
         table = read_samplesheet(samplesheet, list(LANGS), check_images=False)
@@ -249,8 +251,8 @@ class Data:
         """extract.plan_layout for the first n samples, checked against the encoded batches."""
         import torch
 
-        from layerwise.extract import plan_layout
-        from layerwise.inputs import selection_mask
+        from layerwise.extract.unit import plan_layout
+        from layerwise.models.inputs import selection_mask
 
         plan = plan_layout(self.builder, self.kinds, self.samples[:n], self.prompts[lang], lang, selection)
         if selection != "mean":
@@ -289,7 +291,7 @@ def disk_check(directory: Path, nbytes: int) -> dict:
     """Ceilings of the write folder: plain write+fsync, sha256, crc32, PtFileWriter (all single-threaded)."""
     import torch
 
-    from layerwise.ptfile import PtFileWriter, TensorSlot
+    from layerwise.layerfile.ptfile import PtFileWriter, TensorSlot
 
     chunk_bytes = min(64 << 20, nbytes)
     chunk = torch.randn(chunk_bytes // 2).to(torch.bfloat16)
@@ -333,7 +335,7 @@ class Bench:
 
         import torch
 
-        from layerwise.capture import decoder_layers
+        from layerwise.models.capture import decoder_layers
 
         self.args, self.spec, self.model, self.processor = args, spec, model, processor
         self.device, self.dtype, self.work, self.data = device, dtype, work, data
@@ -399,7 +401,7 @@ class Bench:
     def forward_capture(self, inputs: dict, features) -> dict:
         import torch
 
-        from layerwise.capture import capture_layers, run_until
+        from layerwise.models.capture import capture_layers, run_until
 
         with self._patched(features), torch.inference_mode(), capture_layers(self.model, self.layers) as captured:
             run_until(self.model, **inputs)
@@ -438,7 +440,7 @@ class Bench:
 
     def run_forward_phase(self, name: str, share_s: float, deadline: float) -> dict:
         """bare / capture: every batch, both languages; nothing leaves the GPU."""
-        from layerwise.images import VisionCallCounter
+        from layerwise.extract.images import VisionCallCounter
 
         batches = self.data.batches
 
@@ -481,7 +483,7 @@ class Bench:
         """Largest sample count (<= n, whole batches) whose layer files for `languages` languages fit in cap_bytes."""
         import torch
 
-        from layerwise.inputs import selection_mask
+        from layerwise.models.inputs import selection_mask
 
         sel, bs = self.args.selection, self.data.batch_size
         lengths = {lang: torch.cat([selection_mask(e[lang], sel).sum(dim=1) for e in self.data.batches]).tolist()
@@ -500,12 +502,12 @@ class Bench:
 
     def run_extract(self, share_s: float, deadline: float) -> dict:
         """The engine's hot path: capture + store_batch -> LayerFileStream, checkpoints, finish."""
-        from layerwise import schema
-        from layerwise.extract import store_batch
-        from layerwise.images import VisionCallCounter
-        from layerwise.inputs import selection_mask
-        from layerwise.layerfile import LayerFileStream
-        from layerwise.store import atomic_write_json
+        from layerwise.core import schema
+        from layerwise.extract.images import VisionCallCounter
+        from layerwise.extract.unit import store_batch
+        from layerwise.layerfile.store import atomic_write_json
+        from layerwise.layerfile.stream import LayerFileStream
+        from layerwise.models.inputs import selection_mask
 
         args, sel = self.args, self.args.selection
         n = self.samples_that_fit(len(self.data.samples), self.cap_bytes, languages=len(LANGS))
@@ -622,8 +624,8 @@ class Bench:
 
     def run_units(self, share_s: float, deadline: float) -> dict:
         """extract.run_unit once per language (all layers), sharing one image_cache, as the pipeline does."""
-        from layerwise.extract import UnitConfig, preflight, run_unit
-        from layerwise.model import LoadedModel
+        from layerwise.extract.unit import UnitConfig, preflight, run_unit
+        from layerwise.models.loading import LoadedModel
 
         args = self.args
         model_dir = self.work / "model"
@@ -841,7 +843,7 @@ def main() -> int:
         free = shutil.disk_usage(work).free
         bench.cap_bytes = min(args.max_write_gb * 1e9, free * 0.4)
         say(f"inputs: {n_data} synthetic samples ({'JPEG ' + str(spec['image_px']) + ' px' if spec['image_px'] else 'fixture PNGs'}"
-            f"), encoded by layerwise.inputs.InputBuilder in {time.perf_counter() - t0:.1f} s: "
+            f"), encoded by layerwise.models.inputs.InputBuilder in {time.perf_counter() - t0:.1f} s: "
             f"{data.tokens[LANGS[0]] / args.samples:.0f} / {data.tokens[LANGS[1]] / args.samples:.0f} tokens per sample "
             f"({LANGS[0]} / {LANGS[1]}; {spec['mm_tokens_per_image']} image tokens); batch {args.batch_size}, layout "
             f"{args.layout}, selection {args.selection}, checkpoint every {args.checkpoint_interval}; write folder {work} "

@@ -2,7 +2,9 @@
 // The --outdir contract, head side: one run at a time writes into an outdir (a lock taken before any
 // task is submitted), its metadata says "incomplete" until PUBLISH_RESULTS has verified a full
 // result, and a published file damaged since the last run makes -resume recompute its unit.
-// The Python side (layerwise/publish.py) checks the lock and does the publishing.
+// The Python side (layerwise/publish/outdir.py) checks the lock and does the publishing. The names of
+// the protocol's files (lock, metadata, superseded folder, ...) are read from layerwise/core/outdir.json,
+// the one place both sides take them from: call init(projectDir) first.
 //
 
 import groovy.json.JsonOutput
@@ -14,9 +16,20 @@ import java.nio.file.StandardCopyOption
 
 class LayerwiseOutdir {
 
-    static final String LOCK_FILE = '.layerwise.lock'
-    static final String METADATA = 'extraction_metadata.json'
-    static final String PREVIOUS = 'pipeline_info/extraction_metadata.previous.json'
+    static final String PROTOCOL_FILE = 'layerwise/core/outdir.json'
+    private static Map names = null
+
+    /** Read the protocol's names from <projectDir>/layerwise/core/outdir.json. */
+    static void init(Path projectDir) {
+        names = new JsonSlurper().parse(projectDir.resolve(PROTOCOL_FILE).toFile()) as Map
+    }
+
+    static String name(String key) {
+        if (names == null) throw new IllegalStateException("LayerwiseOutdir.init(projectDir) was not called")
+        String v = names[key]
+        if (!v) throw new IllegalStateException("${PROTOCOL_FILE} has no '${key}'")
+        return v
+    }
 
     /** Who this Nextflow head is: what the lock records. */
     static Map owner(String session, String runName) {
@@ -27,7 +40,7 @@ class LayerwiseOutdir {
     /** Take the outdir lock or explain who holds it. Returns null on success, else the error text. */
     static String lock(Path outdir, Map owner) {
         Files.createDirectories(outdir)
-        Path lock = outdir.resolve(LOCK_FILE)
+        Path lock = outdir.resolve(name('lock_file'))
         for (int attempt = 0; attempt < 2; attempt++) {
             try {
                 Files.createFile(lock)
@@ -53,7 +66,7 @@ class LayerwiseOutdir {
     /** Release the lock if it is ours (`session` and `pid` match). */
     static void unlock(Path outdir, Map owner) {
         try {
-            Path lock = outdir.resolve(LOCK_FILE)
+            Path lock = outdir.resolve(name('lock_file'))
             if (!Files.exists(lock)) return
             Map held = new JsonSlurper().parse(lock.toFile()) as Map
             if (held.session == owner.session && (held.pid as long) == (owner.pid as long)) Files.deleteIfExists(lock)
@@ -68,12 +81,12 @@ class LayerwiseOutdir {
      */
     static List<String> prepare(Path outdir, String runName) {
         List<String> notes = []
-        Path meta = outdir.resolve(METADATA)
+        Path meta = outdir.resolve(name('metadata'))
         Map old = null
         if (Files.isRegularFile(meta)) {
             try { old = new JsonSlurper().parse(meta.toFile()) as Map } catch (Exception ignored) { }
         }
-        if (old && old.status != 'incomplete') {
+        if (old && old.status != name('status_incomplete')) {
             (old.published ?: []).each { Map rec ->
                 if (!(rec.how in ['linked', 'kept']) || !rec.source_dirs) return
                 Path f = outdir.resolve(rec.path.toString())
@@ -89,12 +102,12 @@ class LayerwiseOutdir {
                     }
                 }
             }
-            Files.createDirectories(outdir.resolve('pipeline_info'))
-            Files.copy(meta, outdir.resolve(PREVIOUS), StandardCopyOption.REPLACE_EXISTING)
+            Files.createDirectories(outdir.resolve(name('previous_metadata')).parent)
+            Files.copy(meta, outdir.resolve(name('previous_metadata')), StandardCopyOption.REPLACE_EXISTING)
         }
-        Path tmp = outdir.resolve(".${METADATA}.tmp")
+        Path tmp = outdir.resolve(".${name('metadata')}.tmp")
         tmp.text = JsonOutput.prettyPrint(JsonOutput.toJson([
-            status: 'incomplete', run_name: runName, since: new Date().format("yyyy-MM-dd'T'HH:mm:ss"),
+            status: name('status_incomplete'), run_name: runName, since: new Date().format("yyyy-MM-dd'T'HH:mm:ss"),
             reason: 'a run is writing into this folder, or one stopped before publishing a verified result',
         ])) + '\n'
         Files.move(tmp, meta, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE)
@@ -112,10 +125,10 @@ class LayerwiseOutdir {
         paths.each { String rel ->
             Path src = outdir.resolve(rel)
             if (!Files.exists(src)) return
-            Path dest = outdir.resolve('superseded').resolve(stamp).resolve(rel)
+            Path dest = outdir.resolve(name('superseded_dir')).resolve(stamp).resolve(rel)
             Files.createDirectories(dest.parent)
             Files.move(src, dest, StandardCopyOption.ATOMIC_MOVE)
-            notes << "${rel} of an earlier run moved to superseded/${stamp}/ (this run writes it again)".toString()
+            notes << "${rel} of an earlier run moved to ${name('superseded_dir')}/${stamp}/ (this run writes it again)".toString()
         }
         return notes
     }

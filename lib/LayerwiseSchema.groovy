@@ -5,7 +5,7 @@
 // Checks: unknown parameters (with a "did you mean" suggestion), required parameters, JSON-schema
 // type / enum / pattern / minimum / maximum / exclusiveMinimum / exclusiveMaximum, and for `format: file-path|directory-path` with
 // `exists: true` that the path exists. The layer-spec grammar is only matched loosely here: the
-// PREFLIGHT step (layerwise/layers.py) is the one place that validates it against the model.
+// PREFLIGHT step (layerwise/core/layers.py) is the one place that validates it against the model.
 //
 
 import groovy.json.JsonSlurper

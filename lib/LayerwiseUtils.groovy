@@ -12,48 +12,57 @@ import org.yaml.snakeyaml.Yaml
 
 class LayerwiseUtils {
 
-    /**
-     * Python modules used only after the layer files exist (validation, HTML report, test fixtures).
-     * They are left out of the digest given to PREFLIGHT's downstream GPU/merge steps, so that editing
-     * the report does not re-run hours of extraction on -resume. The extraction and merge code must
-     * therefore never import them.
-     */
-    static final List<String> DOWNSTREAM_ONLY = ['layerwise/validate.py', 'layerwise/report.py', 'layerwise/fixtures.py',
-                                                 'layerwise/validation/', 'layerwise/publish.py', 'layerwise/merge.py',
-                                                 'layerwise/params_schema.py', 'layerwise/commands/analyze.py',
-                                                 'layerwise/commands/validate.py', 'layerwise/commands/publish.py',
-                                                 'layerwise/commands/publish_sae.py', 'layerwise/commands/train_sae.py',
-                                                 'layerwise/commands/make_fixtures.py',
-                                                 'layerwise/analysis/', 'layerwise/sae/']
-
-    // The sources TRAIN_SAE runs (bin/layerwise-train-sae imports nothing else of layerwise; a test checks it)
-    static final List<String> SAE_SOURCES = ['layerwise/__init__.py', 'layerwise/cli.py', 'layerwise/errors.py',
-                                             'layerwise/schema.py', 'layerwise/sae/',
-                                             'layerwise/commands/__init__.py', 'layerwise/commands/train_sae.py']
+    /** The stages of layerwise/stages.json, in its order. */
+    static Map stageManifest(Path root) {
+        return new groovy.json.JsonSlurperClassic().parse(root.resolve('layerwise/stages.json').toFile()) as Map
+    }
 
     /**
-     * SHA-256 over the sorted files layerwise/**.py and assets/prompts.json (relative name + content),
-     * minus `exclude` (relative paths; a trailing / means a folder), or only those in `include`. Passed to processes as a `val` input so that -resume re-runs
-     * them when the Python package changes (bin/ scripts are hashed by Nextflow itself).
+     * One SHA-256 per stage of layerwise/stages.json: over the files the stage runs, i.e. the `shared`
+     * folders, the stage's own folder, the packages it `uses`, its commands and its assets (relative name +
+     * content, sorted). A task gets its stage's digest as a `val` input, so -resume re-runs it exactly when
+     * that code changes: editing the analysis never re-runs extraction, editing extraction always does.
      */
-    static String sourceDigest(Path root, List<String> exclude = [], List<String> include = null) {
+    static Map<String, String> stageDigests(Path root) {
+        Map manifest = stageManifest(root)
+        List<String> shared = (manifest.shared ?: []) as List<String>
+        Map<String, String> out = [:]
+        (manifest.stages as Map).each { name, s ->
+            Map stage = s as Map
+            List<String> include = shared + ["layerwise/${name}/".toString()] +
+                ((stage.uses ?: []) as List).collect { "layerwise/${it}/".toString() } +
+                ((stage.commands ?: []) as List).collect { "layerwise/commands/${it}.py".toString() } +
+                ((stage.assets ?: []) as List).collect { it.toString() }
+            out[name.toString()] = sourceDigest(root, include)
+        }
+        return out
+    }
+
+    /**
+     * SHA-256 over the sorted files named by `include` (paths relative to root; a trailing / means every
+     * file under that folder: its .py files for a folder of the layerwise package, all files otherwise,
+     * e.g. assets/lexicon/), relative name + content.
+     */
+    static String sourceDigest(Path root, List<String> include) {
         List<Path> files = []
-        Path pkg = root.resolve('layerwise')
-        if (Files.isDirectory(pkg)) {
-            def stream = Files.walk(pkg)
-            try {
-                stream.filter { Path p -> Files.isRegularFile(p) && p.toString().endsWith('.py') && !p.toString().contains('__pycache__') }
-                      .forEach { Path p -> files << p }
-            } finally {
-                stream.close()
+        include.each { String inc ->
+            Path p = root.resolve(inc)
+            if (inc.endsWith('/')) {
+                if (!Files.isDirectory(p)) return
+                boolean pythonOnly = inc.startsWith('layerwise/')
+                def stream = Files.walk(p)
+                try {
+                    stream.filter { Path f -> Files.isRegularFile(f) && (!pythonOnly || f.toString().endsWith('.py')) && !f.toString().contains('__pycache__') }
+                          .forEach { Path f -> files << f }
+                } finally {
+                    stream.close()
+                }
+            } else if (Files.isRegularFile(p)) {
+                files << p
             }
         }
-        Path prompts = root.resolve('assets/prompts.json')
-        if (Files.isRegularFile(prompts)) files << prompts
         MessageDigest md = MessageDigest.getInstance('SHA-256')
-        files.collect { Path p -> [root.relativize(p).toString().replace('\\', '/'), p] }
-             .findAll { rel -> !exclude.any { ex -> ex.endsWith('/') ? rel[0].startsWith(ex) : rel[0] == ex } }
-             .findAll { rel -> include == null || include.any { inc -> inc.endsWith('/') ? rel[0].startsWith(inc) : rel[0] == inc } }
+        files.unique().collect { Path p -> [root.relativize(p).toString().replace('\\', '/'), p] }
              .sort { it[0] }
              .each { rel, Path p ->
                  md.update(rel.toString().getBytes('UTF-8')); md.update((byte) 0)
@@ -63,7 +72,7 @@ class LayerwiseUtils {
     }
 
     /**
-     * plan.json (parsed) -> one meta map per work unit, as PREFLIGHT named it (layerwise/plan.py owns
+     * plan.json (parsed) -> one meta map per work unit, as PREFLIGHT named it (layerwise/preflight/plan.py owns
      * unit ids, compact layer lists and sheet names):
      *   [id, layers (List<int>), layers_str, language, shard (int), rows ("START:END"), sheet, model_fingerprint]
      * Checks the invariant the graph relies on: every (layer, language) of the plan is produced, and
@@ -141,7 +150,7 @@ class LayerwiseUtils {
 
     /**
      * "--model names a local folder, not a hub id (owner/name)": absolute, relative to . / .. or ~, or
-     * with more than one '/'. The same rule as layerwise.model.looks_like_path (tests/test_local_path.py).
+     * with more than one '/'. The same rule as layerwise.models.loading.looks_like_path (tests/unit/test_local_path.py).
      */
     static boolean looksLikePath(String s) {
         return s.startsWith('/') || s.startsWith('./') || s.startsWith('../') || s.startsWith('~') ||
@@ -150,7 +159,7 @@ class LayerwiseUtils {
 
     /**
      * [status, verified layer files] from <outdir>/extraction_metadata.json, as PUBLISH_RESULTS wrote it:
-     * the files it placed and verified (layerwise.publish names them; nothing is matched by file name here).
+     * the files it placed and verified (layerwise.publish.outdir names them; nothing is matched by file name here).
      */
     static Map verifiedLayerFiles(Path outdir) {
         try {

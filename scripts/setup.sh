@@ -21,7 +21,7 @@ if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
     .venv/bin/pip install -q --disable-pip-version-check -r requirements-test.txt
     echo "$want" > "$stamp"
 fi
-.venv/bin/python bin/layerwise-make-fixtures --out tests/fixtures/build
+.venv/bin/python scripts/make-fixtures.py --out tests/fixtures/build
 nfcore_pin="nf-core==4.2.1"
 [[ -x .venv-nfcore/bin/python ]] || "$python" -m venv .venv-nfcore
 if [[ "$(cat .venv-nfcore/.requirements 2>/dev/null)" != "$nfcore_pin" ]]; then

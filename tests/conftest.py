@@ -1,4 +1,4 @@
-"""Shared pytest fixtures. Tests run offline on a tiny random Gemma 3 built by layerwise.fixtures."""
+"""Shared pytest fixtures. Tests run offline on a tiny random Gemma 3 built by tests.support.fixtures."""
 import os
 import sys
 from pathlib import Path
@@ -15,11 +15,21 @@ FIXTURE_BUILD = ROOT / "tests" / "fixtures" / "build"  # scripts/setup.sh builds
 
 torch.set_num_threads(2)
 
+TIERS = ("unit", "integration")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        tier = Path(str(item.path)).resolve().relative_to(ROOT / "tests").parts[0]
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/unit or tests/integration")
+        item.add_marker(getattr(pytest.mark, tier))
+
 
 @pytest.fixture(scope="session")
 def fixture_dir() -> Path:
     """The fixture build (model/, data/): built once, reused while its version stamp matches."""
-    from layerwise import fixtures
+    from tests.support import fixtures
 
     fixtures.ensure_fixtures(FIXTURE_BUILD)
     return FIXTURE_BUILD

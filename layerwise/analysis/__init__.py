@@ -14,9 +14,9 @@ effect size), `cka` (linear CKA, Gram store), `crosslingual` (matched vs mismatc
 `synthetic` (planted-signal layer files for tests and benchmarks). docs/analysis.md describes
 the methods and every output column.
 """
-from .cka import centered_gram, cka_from_grams, linear_cka
-from .run import Options, analyze
-from .views import DEFAULT_VIEWS, VIEWS, plan_views
+from layerwise.analysis.cka import centered_gram, cka_from_grams, linear_cka
+from layerwise.analysis.run import Options, analyze
+from layerwise.analysis.views import DEFAULT_VIEWS, VIEWS, plan_views
 
 __all__ = ["analyze", "Options", "linear_cka", "centered_gram", "cka_from_grams", "VIEWS", "DEFAULT_VIEWS",
            "plan_views"]

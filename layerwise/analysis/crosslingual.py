@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cka import linear_cka
+from layerwise.analysis.cka import linear_cka
 
 CENTERED_RTOL = 1e-6
 UNDEFINED = {"": "the pooled vectors are zero in every sample",

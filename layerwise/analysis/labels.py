@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
@@ -93,26 +93,70 @@ def fold_splits(y: np.ndarray, folds: int, seed: int, groups: np.ndarray | None 
     return list(cv.split(np.zeros(len(y)), y))
 
 
+def _read_samplesheet(path) -> tuple[list[str], list[dict[str, str]]]:
+    """(columns, rows) of a samplesheet CSV; an unreadable file is a LayerwiseError."""
+    import csv
+    from pathlib import Path
+
+    from layerwise.core.errors import LayerwiseError
+
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            return list(reader.fieldnames or []), list(reader)
+    except OSError as exc:
+        raise LayerwiseError(f"cannot read samplesheet {path}: {exc.strerror or exc}") from None
+
+
 def groups_from_samplesheet(path) -> dict[str, str]:
     """sample_id -> image group from a samplesheet (its `image_sha256` column, else `image`).
 
     With groups, no image is in both the training and the test folds: samples that share an image
     would otherwise let a probe of the image view recognise the image instead of decoding gender.
     """
-    import csv
-    from pathlib import Path
+    from layerwise.core.errors import LayerwiseError
 
-    from ..errors import LayerwiseError
+    cols, rows = _read_samplesheet(path)
+    key = "image_sha256" if "image_sha256" in cols else "image"
+    if "sample_id" not in cols or key not in cols:
+        raise LayerwiseError(f"samplesheet {path} needs the columns sample_id and image (or image_sha256) "
+                             f"to group samples by image; it has {cols}")
+    return {row["sample_id"]: row[key] for row in rows}
 
-    path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            cols = reader.fieldnames or []
-            key = "image_sha256" if "image_sha256" in cols else "image"
-            if "sample_id" not in cols or key not in cols:
-                raise LayerwiseError(f"samplesheet {path} needs the columns sample_id and image (or image_sha256) "
-                                     f"to group samples by image; it has {cols}")
-            return {row["sample_id"]: row[key] for row in reader}
-    except OSError as exc:
-        raise LayerwiseError(f"cannot read samplesheet {path}: {exc.strerror or exc}") from None
+
+LEAKS_COLUMN = "label_leaks"
+
+
+def label_leaks_from_samplesheet(path) -> dict[str, tuple[str, ...]] | None:
+    """sample_id -> the caption columns (`caption_<language>`) of its `label_leaks` cell; None without the column.
+
+    `layerwise label` writes `label_leaks`: the caption columns the model reads that hold the gendered
+    word the label came from, joined by "+" ("caption_english+caption_arabic"; empty when none does).
+    None (no column) means unknown, which is not the same as an empty cell (known not to leak).
+    """
+    import re
+
+    from layerwise.core.errors import LayerwiseError
+
+    cols, rows = _read_samplesheet(path)
+    if LEAKS_COLUMN not in cols:
+        return None
+    if "sample_id" not in cols:
+        raise LayerwiseError(f"samplesheet {path} has a {LEAKS_COLUMN} column but no sample_id column")
+    return {row["sample_id"]: tuple(c for c in re.split(r"[+,;\s]+", row[LEAKS_COLUMN] or "") if c)
+            for row in rows}
+
+
+def leaking_samples(label_leaks: Mapping[str, Sequence[str]], sample_ids: Sequence[str], genders: Sequence[str],
+                    classes: Sequence[str], language: str) -> int:
+    """How many probed samples (gender in `classes`) have `language`'s caption column in their label_leaks.
+
+    Only probed samples count: an `unknown` sample (e.g. an ambiguous row kept by --keep-unlabelled)
+    may hold gendered words, but it gives no label for a probe to read.
+    """
+    from layerwise.core import schema
+
+    column = schema.caption_column(language)
+    probed = set(classes)
+    return sum(1 for sid, g in zip(sample_ids, genders) if g in probed and column in label_leaks.get(sid, ()))

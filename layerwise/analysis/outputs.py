@@ -5,12 +5,13 @@ docs/analysis.md documents every column listed here (a test checks that it does)
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from layerwise.core.atomic import atomic_path, atomic_write_text
 
 PROBES = "probes.parquet"
 DIRECTIONS = "directions.parquet"
@@ -22,7 +23,8 @@ SUMMARY = "analysis.json"
 
 KEY = ["layer", "language", "view"]
 PROBE_COLUMNS = KEY + ["accuracy", "accuracy_std", "control_accuracy", "control_std", "control_q95", "p_value",
-                       "chance", "n_samples", "classes", "n_folds", "n_permutations", "not_converged"]
+                       "chance", "n_samples", "classes", "n_folds", "n_permutations", "not_converged",
+                       "label_leak"]
 DIRECTION_COLUMNS = KEY + ["n_samples", "classes", "class_a", "class_b", "direction_norm", "effect_size",
                            "heldout_effect_size", "heldout_effect_size_std", "other_language",
                            "direction_cosine", "direction_cosine_control", "direction_cosine_control_std",
@@ -55,16 +57,13 @@ def frame(rows: Sequence[dict] | pd.DataFrame, columns: Sequence[str]) -> pd.Dat
 
 
 def write_parquet(df: pd.DataFrame, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
     return path
 
 
 def write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     return path
 
 

@@ -102,7 +102,12 @@ def probe_plot(probes: pd.DataFrame) -> str | None:
         for c, view in enumerate(views):
             ax = axes[r][c]
             d = probes[(probes.language == lang) & (probes.view == view)].sort_values("layer")
-            ax.set_title(f"{lang} / {view}", fontsize=9)
+            if "label_leak" in d and d.label_leak.astype(bool).any():
+                # the label's word is in a caption this view reads (report: "Label leakage")
+                ax.set_title(f"{lang} / {view}: label leaks", fontsize=9, color="C3", fontweight="bold")
+                ax.set_facecolor("#fff3f0")
+            else:
+                ax.set_title(f"{lang} / {view}", fontsize=9)
             ax.set_ylim(y_min, 1.02)
             ax.grid(alpha=0.3)
             if r == len(langs) - 1:

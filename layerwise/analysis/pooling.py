@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .reader import CHUNK_BYTES, Chunk, LayerFile, iter_chunks
-from .views import EVERY_ROW, SKIP_FIRST
+from layerwise.analysis.reader import CHUNK_BYTES, Chunk, iter_chunks
+from layerwise.analysis.views import EVERY_ROW, SKIP_FIRST
+from layerwise.layerfile.reader import LayerFile
 
 
 def view_mask(chunk: Chunk, spec) -> torch.Tensor:

@@ -23,7 +23,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from .labels import fold_splits, permuted_labels
+from layerwise.analysis.labels import fold_splits, permuted_labels
 
 MAX_ITER = 1000
 

@@ -8,7 +8,8 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup
 
-from . import outputs, plots
+from layerwise.analysis import outputs, plots
+from layerwise.analysis.views import ALL_VIEW_NAMES
 
 TEMPLATE = """<!DOCTYPE html>
 <html lang="en">
@@ -34,6 +35,16 @@ seed {{ facts.seed }}.</p>
 <p class="caveat">A caption that says "man" or "woman" makes gender decodable from caption tokens already at
 layer 0: that is lexical leakage, not a learned representation. Compare views (image vs caption vs prompt)
 and read every accuracy against its shuffled-label control band.</p>
+{% if leak.languages %}<p class="caveat leak" id="label-leakage"><strong>Label leakage.</strong> The labels came from
+gendered words in captions the model reads (samplesheet column <code>label_leaks</code>:
+{% for lang, n in leak.languages.items() %}{{ lang }} {{ n.leaking }} of {{ n.probed }} probed samples{{ ", " if not loop.last }}{% endfor %}),
+{% if leak.views %}so the views that read those captions leak the label ({% for lang, views in leak.views.items() %}{{ lang }}: {{ views | join(", ") }}{{ "; " if not loop.last }}{% endfor %};
+marked “label leaks” on their panels and <code>label_leak</code> in the probes table: their probes, directions
+and SAE latents can read the word itself){% else %}but none of the probed views reads those captions{% endif %},
+while the image view is the clean one: the image tokens come before the caption in causal order and cannot
+attend to it.</p>
+{% elif leak.known %}<p id="label-leakage">No probed sample's label came from a word in a caption the model reads
+(samplesheet column <code>label_leaks</code> empty): no view leaks the label.</p>{% endif %}
 
 <h2>Gender probes</h2>
 {% if figs.probes %}<img alt="probe accuracy vs layer" src="data:image/png;base64,{{ figs.probes }}">
@@ -78,6 +89,20 @@ def _html_table(df: pd.DataFrame | None, max_rows: int = 2000) -> str:
     return df.head(max_rows).to_html(index=False, float_format=lambda x: f"{x:.4g}", border=0, na_rep="")
 
 
+def _leak_summary(leaks: dict | None, probes: pd.DataFrame | None) -> dict:
+    """What the report says about label leakage: the leaking languages (with their sample counts) and,
+    per language, the probed views marked `label_leak`; `known` is False without samplesheet label_leaks."""
+    languages = {lang: n for lang, n in (leaks or {}).items() if n["leaking"]}
+    views: dict[str, list[str]] = {}
+    if probes is not None and len(probes) and "label_leak" in probes:
+        marked = probes[probes.label_leak.astype(bool)]
+        for lang in languages:
+            found = sorted(set(marked[marked.language == lang].view), key=ALL_VIEW_NAMES.index)
+            if found:
+                views[lang] = found
+    return {"known": leaks is not None, "languages": languages, "views": views}
+
+
 def write_report(tables: dict[str, pd.DataFrame], notes: list[dict[str, Any]], facts: dict, out_path: Path) -> Path:
     probes = tables.get(outputs.PROBES)
     dirs = tables.get(outputs.DIRECTIONS)
@@ -99,6 +124,7 @@ def write_report(tables: dict[str, pd.DataFrame], notes: list[dict[str, Any]], f
     env = jinja2.Environment(autoescape=True)
     html = env.from_string(TEMPLATE).render(
         facts=facts, figs=figs, notes=notes, has_sae=sae is not None,
+        leak=_leak_summary(facts.get("label_leaks"), probes),
         tables={"probes": probes if probes is not None else [],
                 "probes_html": Markup(_html_table(probes)),
                 "directions_html": Markup(_html_table(dirs)),

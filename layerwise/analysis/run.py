@@ -23,15 +23,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import LayerwiseError
-from . import crosslingual, directions, outputs
-from .cka import GramStore
-from .labels import DEFAULT_CLASSES, class_counts, encode_labels, fold_splits, permuted_labels, usable
-from .pooling import pool_file
-from .probes import MAX_ITER, probe, transfer_scores
-from .reader import CHUNK_BYTES, LayerFile, open_layer_file
-from .sae import SaeLatentPooler, latent_associations, load_sae, sae_held_out_ids
-from .views import ALL_VIEW_NAMES, DEFAULT_VIEWS, plan_views
+from layerwise.analysis import crosslingual, directions, outputs
+from layerwise.analysis.cka import GramStore
+from layerwise.analysis.labels import (
+    DEFAULT_CLASSES,
+    class_counts,
+    encode_labels,
+    fold_splits,
+    leaking_samples,
+    permuted_labels,
+    usable,
+)
+from layerwise.analysis.pooling import pool_file
+from layerwise.analysis.probes import MAX_ITER, probe, transfer_scores
+from layerwise.analysis.reader import CHUNK_BYTES
+from layerwise.analysis.sae import SaeLatentPooler, latent_associations, load_sae, sae_held_out_ids
+from layerwise.analysis.views import ALL_VIEW_NAMES, CAPTION_READING_VIEWS, DEFAULT_VIEWS, plan_views
+from layerwise.core.errors import LayerwiseError
+from layerwise.layerfile.reader import LayerFile, open_layer_file
 
 log = logging.getLogger("layerwise.analysis")
 
@@ -48,6 +57,8 @@ class Options:
     chunk_bytes: int = CHUNK_BYTES          # float32 working set per chunk of samples
     cka_max_samples: int | None = 2000      # CKA on at most this many samples (seeded subset)
     groups: Mapping[str, str] | None = None  # sample_id -> group (e.g. image): grouped folds
+    # sample_id -> caption columns holding the label's word (samplesheet label_leaks); None: unknown
+    label_leaks: Mapping[str, Sequence[str]] | None = None
     sae_views: tuple[str, ...] | None = None  # views encoded by the SAEs (None: every pooled view)
     sae_top_k: int = 20
     sae_alpha: float = 0.05
@@ -164,6 +175,22 @@ def _cka_subset(by_layer, languages, opts: Options) -> tuple[list[str], dict[str
     return ids, rows
 
 
+def _label_leaks(by_layer, languages, opts: Options) -> dict | None:
+    """Per language, how many probed samples have their label's word in that language's caption.
+
+    {language: {"leaking": n, "probed": m}}; None when unknown (no label_leaks given). The files of a
+    language share their samples and genders (checked by _index_files), so its first file is enough.
+    """
+    if opts.label_leaks is None:
+        return None
+    out = {}
+    for lang in languages:
+        lf = next(by_layer[layer][lang] for layer in sorted(by_layer) if lang in by_layer[layer])
+        out[lang] = {"leaking": leaking_samples(opts.label_leaks, lf.sample_ids, lf.genders, opts.classes, lang),
+                     "probed": sum(g in opts.classes for g in lf.genders)}
+    return out
+
+
 def _groups_for(lf: LayerFile, idx: np.ndarray, opts: Options) -> np.ndarray | None:
     if opts.groups is None:
         return None
@@ -215,7 +242,9 @@ def _analyze(layer_files: list[Path], out_dir: Path, sae_dirs: dict | None, opts
     with timer("open"):
         by_layer, languages = _index_files([Path(p) for p in layer_files])
         cka_ids, cka_rows = _cka_subset(by_layer, languages, opts)
+        leaks = _label_leaks(by_layer, languages, opts)
     layers = sorted(by_layer)
+    leaking = {lang for lang, n in (leaks or {}).items() if n["leaking"]}
     sae_dirs = dict(sae_dirs or {})
     for key in sae_dirs:
         layer, lang = key if isinstance(key, tuple) else (key, None)
@@ -323,6 +352,9 @@ def _analyze(layer_files: list[Path], out_dir: Path, sae_dirs: dict | None, opts
     finally:
         grams.close()
 
+    # The label's word is in a caption this view reads: the probe can read the word (views.CAPTION_READING_VIEWS)
+    for row in probe_rows:
+        row["label_leak"] = row["language"] in leaking and row["view"] in CAPTION_READING_VIEWS
     tables = {
         outputs.PROBES: outputs.frame(probe_rows, outputs.PROBE_COLUMNS),
         outputs.DIRECTIONS: outputs.frame(direction_rows, outputs.DIRECTION_COLUMNS),
@@ -338,16 +370,17 @@ def _analyze(layer_files: list[Path], out_dir: Path, sae_dirs: dict | None, opts
             written[name] = str(outputs.write_parquet(df, out_dir / name))
     if opts.report:
         with timer("report"):
-            from .report import write_report
+            from layerwise.analysis.report import write_report
 
-            written[outputs.REPORT] = str(write_report(tables, notes.items, _summary_facts(layers, languages, opts),
+            written[outputs.REPORT] = str(write_report(tables, notes.items,
+                                                       _summary_facts(layers, languages, opts, leaks),
                                                        out_dir / outputs.REPORT))
     timings = dict(timer.seconds)
     timings["total"] = time.perf_counter() - t_start
     summary = {
-        "options": {k: (v if k != "groups" else (None if v is None else f"{len(v)} samples"))
+        "options": {k: (v if k not in ("groups", "label_leaks") else (None if v is None else f"{len(v)} samples"))
                     for k, v in asdict(opts).items()},
-        "layers": layers, "languages": languages, "cka_samples": len(cka_ids),
+        "layers": layers, "languages": languages, "cka_samples": len(cka_ids), "label_leaks": leaks,
         "inputs": inputs, "sae_dirs": {str(k): str(v) for k, v in sae_dirs.items()},
         "notes": notes.items, "timings": timings, "outputs": written, "versions": _versions(),
     }
@@ -504,9 +537,9 @@ def _transfer_fields(n: int, scores: dict | None) -> dict:
             "centered_transfer_std": float(scores["centered_transfer"].std())}
 
 
-def _summary_facts(layers, languages, opts: Options) -> dict:
+def _summary_facts(layers, languages, opts: Options, leaks: dict | None = None) -> dict:
     return {"layers": layers, "languages": languages, "folds": opts.folds, "permutations": opts.permutations,
-            "seed": opts.seed, "classes": list(opts.classes), "views": list(opts.views)}
+            "seed": opts.seed, "classes": list(opts.classes), "views": list(opts.views), "label_leaks": leaks}
 
 
 def _versions() -> dict:

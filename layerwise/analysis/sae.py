@@ -21,10 +21,10 @@ import pandas as pd
 import torch
 from sklearn.model_selection import StratifiedShuffleSplit
 
-from ..errors import LayerwiseError
-from . import stats
-from .pooling import view_mask
-from .reader import Chunk
+from layerwise.analysis import stats
+from layerwise.analysis.pooling import view_mask
+from layerwise.analysis.reader import Chunk
+from layerwise.core.errors import LayerwiseError
 
 BATCH_ROWS = 1024
 

@@ -15,7 +15,7 @@ were stored) can give only ``all`` (every stored position but the first, which i
 """
 from __future__ import annotations
 
-from .. import schema
+from layerwise.core import schema
 
 KIND = schema.TOKEN_KINDS
 VIEWS: dict[str, frozenset[int]] = {
@@ -27,6 +27,12 @@ VIEWS: dict[str, frozenset[int]] = {
 DEFAULT_VIEWS = ("image", "prompt", "caption", "all")
 SINGLE_ROW_VIEW = {"mean": "caption", "last": "last"}   # one stored row per sample: its view
 ALL_VIEW_NAMES = DEFAULT_VIEWS + ("last",)
+
+# Views that can read the caption's words: `caption` and `all` hold its tokens, and `last` (the
+# sequence's last position, after the caption) attends to them. `image` and `prompt` come before the
+# caption (user turn, then model turn) and cannot attend to it in a causal model: they stay clean when
+# the label came from the caption (samplesheet `label_leaks`, run.py marks the probes).
+CAPTION_READING_VIEWS = frozenset({"caption", "all", "last"})
 
 # Views whose positions each token selection keeps (per-position selections).
 SELECTION_VIEWS: dict[str, tuple[str, ...]] = {

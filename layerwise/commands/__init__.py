@@ -4,7 +4,7 @@ Each command is a module `layerwise.commands.<command>` (dashes as underscores) 
 `main(argv=None) -> int`. A command's module is imported only when it runs, by name: several keep
 their heavy imports (torch, SAELens) until their options are checked, `versions` imports only the
 standard library, and the source digests of -resume follow only the imports a command makes
-(tests/test_sources.py). This module itself imports the standard library only.
+(layerwise/stages.json, tests/unit/test_stages.py). This module itself imports the standard library only.
 """
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ PROG = "layerwise"
 
 # Every command, in the order `layerwise --help` lists them (pyproject.toml names a
 # `layerwise-<command>` script for each, and bin/ a `layerwise-<command>` symlink to bin/layerwise).
-COMMANDS = ("preflight", "extract", "publish", "validate", "train-sae", "publish-sae", "analyze",
-            "make-fixtures", "versions")
+COMMANDS = ("preflight", "extract", "publish", "validate", "train-sae", "publish-sae", "analyze", "label", "versions")
 
 
 def module_name(command: str) -> str:
@@ -55,12 +54,12 @@ def unknown(command: str) -> str:
 def run(command: str, argv: Sequence[str] | None = None) -> int:
     """Run one command with `argv` (its arguments; default: the rest of sys.argv), as bin/ does.
 
-    A LayerwiseError (bad input) is one line on stderr and exit status 2 (`layerwise.cli.run_cli`).
+    A LayerwiseError (bad input) is one line on stderr and exit status 2 (`layerwise.core.cli.run_cli`).
     """
     if command not in COMMANDS:
         print(unknown(command), file=sys.stderr)
         return 2
-    from layerwise.cli import run_cli
+    from layerwise.core.cli import run_cli
 
     module = importlib.import_module(module_name(command))
     args = list(sys.argv[1:] if argv is None else argv)

@@ -7,7 +7,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from layerwise.params_schema import ANALYSIS_PARAMS, analysis_defaults
+from layerwise.analysis.params import ANALYSIS_PARAMS, analysis_defaults
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -22,7 +22,7 @@ def main(argv=None) -> int:
                    help="SAE root with layer_<L>[_<language>] subfolders (as layerwise.sae writes them), or one "
                         "SAELens folder for a layer (repeatable)")
     # The options the pipeline exposes as analysis_<option> params: names, types, help and defaults from
-    # layerwise.params_schema (defaults: layerwise.analysis.run.Options)
+    # layerwise.analysis.params (defaults: layerwise.analysis.run.Options)
     defaults = analysis_defaults()
     for name, (typ, desc, _) in ANALYSIS_PARAMS.items():
         default = defaults[name]
@@ -30,7 +30,8 @@ def main(argv=None) -> int:
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=conv, default=default,
                        help=f"{desc} (default {','.join(default) if isinstance(default, tuple) else default})")
     p.add_argument("--n-jobs", type=int, default=1, help="parallel permutation fits (joblib; default 1)")
-    p.add_argument("--samplesheet", type=Path, help="group folds by image (samplesheet.valid.csv)")
+    p.add_argument("--samplesheet", type=Path, help="group folds by image, and mark the caption views whose "
+                   "captions gave the label (its label_leaks column) (samplesheet.valid.csv)")
     p.add_argument("--sae-views", type=_csv, help="views encoded by the SAEs (default: every pooled view)")
     p.add_argument("--sae-device", default="cpu")
     p.add_argument("--chunk-mb", type=int, default=64, help="float32 working set per chunk of samples")
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 
     from layerwise.analysis import analyze
-    from layerwise.analysis.labels import groups_from_samplesheet
+    from layerwise.analysis.labels import groups_from_samplesheet, label_leaks_from_samplesheet
     from layerwise.analysis.sae import parse_sae_dirs
 
     result = analyze(
@@ -51,6 +52,7 @@ def main(argv=None) -> int:
         folds=args.folds, permutations=args.permutations, seed=args.seed, classes=args.classes, views=args.views,
         C=args.C, n_jobs=args.n_jobs, cka_max_samples=args.cka_max_samples,
         groups=groups_from_samplesheet(args.samplesheet) if args.samplesheet else None,
+        label_leaks=label_leaks_from_samplesheet(args.samplesheet) if args.samplesheet else None,
         sae_views=args.sae_views, sae_top_k=args.sae_top_k, sae_alpha=args.sae_alpha, sae_device=args.sae_device,
         chunk_bytes=args.chunk_mb << 20, scratch_dir=args.scratch_dir, threads=args.threads, report=not args.no_report,
     )

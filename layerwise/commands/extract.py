@@ -8,8 +8,8 @@ import argparse
 import dataclasses
 import os
 
-from layerwise import schema
-from layerwise.extract import UnitConfig, run_unit
+from layerwise.core import schema
+from layerwise.extract.unit import UnitConfig, run_unit
 
 
 def _env_int(name: str, default: int) -> int:

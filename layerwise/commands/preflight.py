@@ -34,9 +34,9 @@ def check_sae_options(path: Path, d_in: int, df) -> str:
     """Every SAE option valid, and valid for this model and these samples (SAEOptions owns the checks)."""
     import json
 
-    from layerwise.errors import LayerwiseError
+    from layerwise.core.errors import LayerwiseError
+    from layerwise.core.schema import SAMPLE_ID
     from layerwise.sae.options import SAEOptions, SAEOptionsError
-    from layerwise.schema import SAMPLE_ID
 
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
@@ -61,11 +61,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.hf_home:
         os.environ["HF_HOME"] = str(Path(args.hf_home).expanduser().absolute())
-    from layerwise.caption_check import check_captions
-    from layerwise.layers import format_layers
-    from layerwise.model import read_model_info
-    from layerwise.model_check import check_model, load_processor
-    from layerwise.plan import (
+    from layerwise.core.layers import format_layers
+    from layerwise.core.prompts import load_prompts
+    from layerwise.models.loading import read_model_info
+    from layerwise.preflight.caption_check import check_captions
+    from layerwise.preflight.model_check import check_model, load_processor
+    from layerwise.preflight.plan import (
         PLAN_FILE,
         VALID_SAMPLESHEET_FILE,
         make_plan,
@@ -73,8 +74,7 @@ def main(argv=None) -> int:
         write_plan,
         write_unit_sheets,
     )
-    from layerwise.prompts import load_prompts
-    from layerwise.samplesheet import read_samplesheet, write_valid_samplesheet
+    from layerwise.preflight.samplesheet import read_samplesheet, write_valid_samplesheet
 
     prompts = load_prompts(args.prompts)
     languages = parse_languages(args.languages, prompts)

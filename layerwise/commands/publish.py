@@ -8,8 +8,8 @@ from pathlib import Path
 
 
 def main(argv=None) -> int:
-    from layerwise.errors import LayerwiseError
-    from layerwise.publish import PUBLISH_MODES, publish_run, publish_stub
+    from layerwise.core.errors import LayerwiseError
+    from layerwise.publish.outdir import PUBLISH_MODES, publish_run, publish_stub
 
     p = argparse.ArgumentParser(prog="layerwise-publish", description=__doc__.splitlines()[0])
     p.add_argument("--plan", type=Path, required=True, help="plan.json from layerwise-preflight")

@@ -4,8 +4,8 @@ from pathlib import Path
 
 
 def main(argv=None) -> int:
-    from layerwise.publish import PUBLISH_MODES
-    from layerwise.sae.publish import publish_saes
+    from layerwise.publish.outdir import PUBLISH_MODES
+    from layerwise.publish.sae import publish_saes
 
     p = argparse.ArgumentParser(prog="layerwise-publish-sae", description=__doc__)
     p.add_argument("--outdir", type=Path, required=True, help="the pipeline's --outdir (SAEs go to <outdir>/sae/)")

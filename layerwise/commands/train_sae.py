@@ -9,7 +9,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from layerwise.errors import LayerwiseError
+from layerwise.core.errors import LayerwiseError
 from layerwise.sae.options import SAEOptions, option_specs
 
 

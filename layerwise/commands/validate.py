@@ -3,8 +3,8 @@ import argparse
 import json
 from pathlib import Path
 
-from layerwise.errors import LayerwiseError
-from layerwise.validate import validate
+from layerwise.core.errors import LayerwiseError
+from layerwise.publish.validate import validate
 
 
 def main(argv=None) -> int:

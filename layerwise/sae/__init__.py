@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from .evaluate import evaluate_split
-from .metrics import METRIC_COLUMNS, read_metrics, reconstruction_stats, write_metrics
-from .options import SAEOptions, SAEOptionsError, option_specs
-from .outputs import collect_metrics, held_out_ids, read_options, read_split, sae_folder_name
-from .provider import ActivationProvider
-from .source import LayerSource, open_sources
-from .split import is_validation, split_ids, split_mask
+from layerwise.sae.evaluate import evaluate_split
+from layerwise.sae.metrics import METRIC_COLUMNS, read_metrics, reconstruction_stats, write_metrics
+from layerwise.sae.options import SAEOptions, SAEOptionsError, option_specs
+from layerwise.sae.outputs import collect_metrics, held_out_ids, read_options, read_split, sae_folder_name
+from layerwise.sae.provider import ActivationProvider
+from layerwise.sae.source import LayerSource, open_sources
+from layerwise.sae.split import is_validation, split_ids, split_mask
 
 __all__ = ["METRIC_COLUMNS", "ActivationProvider", "LayerSource", "SAEOptions", "SAEOptionsError",
            "collect_metrics", "evaluate_split", "held_out_ids", "is_validation", "open_sources", "option_specs", "read_metrics",
@@ -34,6 +34,6 @@ __all__ = ["METRIC_COLUMNS", "ActivationProvider", "LayerSource", "SAEOptions", 
 
 def train_layer_sae(layer_files, out_dir, options: SAEOptions | None = None) -> list[dict[str, Any]]:
     """See `layerwise.sae.train.train_layer_sae` (imported on first use: it imports SAELens)."""
-    from .train import train_layer_sae as _train
+    from layerwise.sae.train import train_layer_sae as _train
 
     return _train(layer_files, out_dir, options)

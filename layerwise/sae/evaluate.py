@@ -6,11 +6,11 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .metrics import reconstruction_stats
-from .options import SAEOptions
-from .provider import ActivationProvider
-from .source import LayerSource, open_sources, select_sources
-from .split import VALIDATION
+from layerwise.sae.metrics import reconstruction_stats
+from layerwise.sae.options import SAEOptions
+from layerwise.sae.provider import ActivationProvider
+from layerwise.sae.source import LayerSource, open_sources, select_sources
+from layerwise.sae.split import VALIDATION
 
 
 def evaluate_split(sae: Any, layer_files: Sequence[str | os.PathLike | LayerSource], options: SAEOptions | None = None,

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from layerwise.core.atomic import atomic_path
+
 # Columns of metrics.parquet, in order (one row per SAE and split).
 METRIC_COLUMNS = (
     "layer",               # int: decoder layer L
@@ -82,13 +84,8 @@ def write_metrics(records: Sequence[dict[str, Any]], path: str | os.PathLike) ->
     if missing:
         raise ValueError(f"metric records lack columns: {', '.join(missing)}")
     frame = pd.DataFrame([{c: r[c] for c in METRIC_COLUMNS} for r in records], columns=list(METRIC_COLUMNS))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .. import schema
-from ..errors import LayerwiseError
+from layerwise.core import schema
+from layerwise.core.errors import LayerwiseError
 
 ARCHITECTURES = ("topk", "jumprelu", "standard")
 TRAIN_DTYPES = ("float32", "bfloat16")
@@ -136,7 +136,7 @@ class SAEOptions:
     def check_run(self, d_in: int, sample_ids: Sequence[str]) -> int:
         """The checks that need the model and the samples (PREFLIGHT runs them before any job): the width
         fits d_in and k, and both splits get samples. Returns d_sae."""
-        from .split import TRAIN, VALIDATION, split_ids
+        from layerwise.sae.split import TRAIN, VALIDATION, split_ids
 
         d_sae = self.width(d_in)
         ids = split_ids(sample_ids, self.validation_fraction, self.split_seed)

@@ -15,7 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .options import POOLED
+from layerwise.core.atomic import atomic_write_json, replace_durably
+from layerwise.sae.options import POOLED
 
 SPLIT_FILE, METRICS_FILE, TRAINING_FILE = "split.json", "metrics.json", "training.json"
 METRICS_TABLE = "metrics.parquet"
@@ -26,9 +27,7 @@ def sae_folder_name(layer: int, language: str) -> str:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, obj)
 
 
 def partial_folder(final: Path) -> Path:
@@ -40,11 +39,13 @@ def partial_folder(final: Path) -> Path:
 
 
 def publish(part: Path, final: Path) -> None:
+    """Swap the complete folder `part` in as `final` (a folder cannot be replaced in one rename: the old one
+    is renamed aside first); its files were written through `core.atomic`, and the folder rename is synced."""
     old = final.with_name(f".{final.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         os.replace(final, old)
-    os.replace(part, final)
+    replace_durably(part, final)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -68,7 +69,7 @@ def collect_metrics(root: str | os.PathLike) -> list[dict[str, Any]]:
 
 def read_options(folder: str | os.PathLike):
     """The SAEOptions an SAE folder was trained with (from training.json): to select the same rows again."""
-    from .options import SAEOptions
+    from layerwise.sae.options import SAEOptions
 
     training = json.loads((Path(folder) / TRAINING_FILE).read_text(encoding="utf-8"))
     return SAEOptions.from_mapping(training["options"])

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import LayerwiseError
-from .options import SAEOptions
-from .source import LayerSource, allowed_table
-from .split import split_mask
+from layerwise.core.errors import LayerwiseError
+from layerwise.sae.options import SAEOptions
+from layerwise.sae.source import LayerSource, allowed_table
+from layerwise.sae.split import split_mask
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -180,7 +180,6 @@ class ActivationProvider:
             ids.update(sid for sid, m in zip(src.sample_ids, mask.tolist()) if m)
         self.num_samples = len(ids)        # distinct sample ids (a sample of several languages counts once)
         self.buffer_tokens = max(1, min(buffer_tokens, self.num_rows))
-        self.chunks_read = 0
         self.read_ahead = True     # read the next chunk in a worker thread
 
     @classmethod
@@ -198,7 +197,6 @@ class ActivationProvider:
     def read_chunk(self, chunk: Chunk) -> list[torch.Tensor]:
         """The kept rows of one chunk, one block per run of consecutive samples (read in file order)."""
         src = self.sources[chunk.source]
-        self.chunks_read += 1
         return [src.read_run(a, b, self.allowed) for a, b in chunk.runs]
 
     def __iter__(self) -> Iterator[torch.Tensor]:

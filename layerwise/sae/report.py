@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .metrics import METRIC_COLUMNS
+from layerwise.sae.metrics import METRIC_COLUMNS
 
 PANELS = (("explained_variance", "explained variance"), ("mse", "MSE per element"),
           ("mean_l0", "mean L0 (active latents per token)"), ("dead_fraction", "fraction of dead latents"))
@@ -79,7 +79,7 @@ samples never used in training (split by sample: split.json in each folder). Exp
 {_table(records)}
 </body></html>
 """
-    from ..atomic import atomic_write_text
+    from layerwise.core.atomic import atomic_write_text
 
     atomic_write_text(path, text)
     return path

@@ -16,12 +16,10 @@ from typing import Any
 
 import torch
 
-from .. import schema
-from ..errors import LayerwiseError
-from .options import POOLED
-
-REQUIRED_KEYS = ("layer", "activations", "hidden_size", "language", "sample_ids", "lengths", "offsets", "layout")
-KINDS_KEY = "token_kinds"
+from layerwise.core import schema
+from layerwise.core.errors import LayerwiseError
+from layerwise.layerfile.reader import LayerFile, layer_file_from_dict, open_layer_file
+from layerwise.sae.options import POOLED
 
 
 def allowed_table(kind_names: tuple[str, ...]) -> torch.Tensor:
@@ -52,34 +50,19 @@ class LayerSource:
 
     @classmethod
     def open(cls, path: str | os.PathLike, mmap: bool = True) -> LayerSource:
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input problem
-            raise LayerwiseError(f"{path}: cannot load the layer file: {exc}") from exc
-        return cls.from_dict(data, str(path))
+        return cls.from_layer_file(open_layer_file(path, mmap=mmap))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], path: str = "<memory>") -> LayerSource:
-        missing = [k for k in REQUIRED_KEYS if k not in data]
-        if missing:
-            raise LayerwiseError(f"{path}: not a layerwise layer file (missing keys: {', '.join(missing)})")
-        acts, layout = data["activations"], data["layout"]
-        lengths = data["lengths"].to(torch.int64)
-        n, hidden = len(data["sample_ids"]), int(data["hidden_size"])
-        want_dims = 3 if layout == "padded" else 2
-        if layout not in schema.LAYOUTS or acts.dim() != want_dims or acts.shape[-1] != hidden or lengths.numel() != n:
-            raise LayerwiseError(f"{path}: inconsistent layer file (layout {layout!r}, activations "
-                                 f"{tuple(acts.shape)}, hidden_size {hidden}, {n} sample_ids, {lengths.numel()} lengths)")
-        kinds = data.get(KINDS_KEY)
-        if kinds is not None:
-            want = tuple(acts.shape[:2]) if layout == "padded" else (acts.shape[0],)
-            if tuple(kinds.shape) != want:
-                raise LayerwiseError(f"{path}: token_kinds has shape {tuple(kinds.shape)}, expected {want}")
-            kinds = kinds.clone()  # small (1 byte per position): read once, off the mmap
-        return cls(path=path, layer=int(data["layer"]), language=str(data["language"]), layout=layout,
-                   hidden_size=hidden, sample_ids=list(data["sample_ids"]), lengths=lengths.clone(),
-                   offsets=data["offsets"].to(torch.int64).clone(), activations=acts, token_kinds=kinds,
-                   model_id=str(data.get("model_id", "")), token_selection=str(data.get("token_selection", "")))
+        return cls.from_layer_file(layer_file_from_dict(data, Path(path)))
+
+    @classmethod
+    def from_layer_file(cls, lf: LayerFile) -> LayerSource:
+        """Over a file opened by the format's one reader (which checked keys, layout and shapes)."""
+        return cls(path=str(lf.path), layer=lf.layer, language=lf.language, layout=lf.layout,
+                   hidden_size=lf.hidden_size, sample_ids=lf.sample_ids, lengths=lf.lengths, offsets=lf.offsets,
+                   activations=lf.activations, token_kinds=lf.token_kinds, model_id=lf.model_id,
+                   token_selection=lf.token_selection)
 
     @property
     def num_samples(self) -> int:
@@ -162,11 +145,7 @@ def group_by_layer(paths: list[str | os.PathLike]) -> dict[int, list[str]]:
     """{layer: [paths]} from each file's own `layer` key (memory-mapped load: no activations read)."""
     groups: dict[int, list[str]] = {}
     for p in paths:
-        try:
-            layer = int(torch.load(p, map_location="cpu", weights_only=True, mmap=True)["layer"])
-        except Exception as exc:  # noqa: BLE001
-            raise LayerwiseError(f"{p}: cannot read the layer file's 'layer' key: {exc}") from exc
-        groups.setdefault(layer, []).append(str(p))
+        groups.setdefault(open_layer_file(p).layer, []).append(str(p))
     return dict(sorted(groups.items()))
 
 

@@ -17,13 +17,21 @@ from typing import Any
 
 import torch
 
-from ..errors import LayerwiseError
-from .evaluate import evaluate_split
-from .options import SAEOptions
-from .outputs import METRICS_FILE, SPLIT_FILE, TRAINING_FILE, partial_folder, publish, sae_folder_name, write_json
-from .provider import ActivationProvider
-from .source import open_sources, select_sources
-from .split import TRAIN, VALIDATION, split_ids
+from layerwise.core.errors import LayerwiseError
+from layerwise.sae.evaluate import evaluate_split
+from layerwise.sae.options import SAEOptions
+from layerwise.sae.outputs import (
+    METRICS_FILE,
+    SPLIT_FILE,
+    TRAINING_FILE,
+    partial_folder,
+    publish,
+    sae_folder_name,
+    write_json,
+)
+from layerwise.sae.provider import ActivationProvider
+from layerwise.sae.source import open_sources, select_sources
+from layerwise.sae.split import TRAIN, VALIDATION, split_ids
 
 
 def import_sae_lens():

@@ -7,18 +7,16 @@ process ANALYZE_LAYERS {
     tag "${layer_files.size()} layer files"
     label 'process_medium'
 
-    // The layer files are the published ones in --outdir: path + size (lenient) and their sha256
-    // (a value input) decide a re-run; the SAE folders are TRAIN_SAE outputs.
+    // The layer files and SAE folders are the published ones in --outdir: path + size (lenient) and the
+    // layer files' sha256 (a value input) decide a re-run.
     cache 'lenient'
 
-    container "${ workflow.containerEngine in ['singularity', 'apptainer'] && !task.ext.singularity_pull_docker_container ?
-        'docker://ghcr.io/layerwise/layerwise:0.1.0' :
-        'ghcr.io/layerwise/layerwise:0.1.0' }"
+    // container: one image for every process, named once in nextflow.config (--container)
 
     input:
     tuple val(checksums), path(layer_files, stageAs: 'activations/*'), path(samplesheet, stageAs: 'input/*')
-    path sae_dirs, stageAs: 'sae/*'         // layer_{L}[_{language}]/ from TRAIN_SAE; none without --sae
-    val source_digest                       // digest of the layerwise Python sources
+    path sae_dirs, stageAs: 'sae/*'         // <outdir>/sae/layer_{L}[_{language}]/ placed by PUBLISH_SAE; none without --sae
+    val source_digest                       // digest of the analysis stage's code (layerwise/stages.json)
 
     output:
     path 'analysis'    , emit: analysis

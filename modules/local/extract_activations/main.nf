@@ -10,9 +10,7 @@ process EXTRACT_ACTIVATIONS {
     // hashing its content re-runs the unit when, and only when, something it reads has changed.
     cache 'deep'
 
-    container "${ workflow.containerEngine in ['singularity', 'apptainer'] && !task.ext.singularity_pull_docker_container ?
-        'docker://ghcr.io/layerwise/layerwise:0.1.0' :
-        'ghcr.io/layerwise/layerwise:0.1.0' }"
+    // container: one image for every process, named once in nextflow.config (--container)
 
     input:
     // meta: [id, layers, layers_str, language, shard, rows, model_fingerprint]; sheet: units/<id>.csv
@@ -36,7 +34,7 @@ process EXTRACT_ACTIVATIONS {
     // (a string input: a Path such as workflow.workDir referenced here would be hashed by its contents)
     def cache = image_cache ? "--image-cache '${image_cache}'" : ''
     // A retry (job killed for time or memory: see errorStrategy) continues from the last checkpoint of
-    // the previous attempt, unless a live process still owns it (layerwise.extract.adopt_checkpoint).
+    // the previous attempt, unless a live process still owns it (layerwise.extract.unit.adopt_checkpoint).
     def prev  = task.attempt > 1 && task.previousTrace?.workdir ? "--adopt-from '${task.previousTrace.workdir}/${meta.id}'" : ''
     """
     if [ -f '${execution_env}' ]; then . '${execution_env}'; fi

@@ -11,9 +11,7 @@ process PREFLIGHT {
     // extraction unit cached.
     cache false
 
-    container "${ workflow.containerEngine in ['singularity', 'apptainer'] && !task.ext.singularity_pull_docker_container ?
-        'docker://ghcr.io/layerwise/layerwise:0.1.0' :
-        'ghcr.io/layerwise/layerwise:0.1.0' }"
+    // container: one image for every process, named once in nextflow.config (--container)
 
     input:
     path samplesheet, stageAs: 'input/*'   // staged apart so that it never collides with the outputs

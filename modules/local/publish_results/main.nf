@@ -10,9 +10,7 @@ process PUBLISH_RESULTS {
     // since the last run) and re-links, re-merges or reports what is needed.
     cache false
 
-    container "${ workflow.containerEngine in ['singularity', 'apptainer'] && !task.ext.singularity_pull_docker_container ?
-        'docker://ghcr.io/layerwise/layerwise:0.1.0' :
-        'ghcr.io/layerwise/layerwise:0.1.0' }"
+    // container: one image for every process, named once in nextflow.config (--container)
 
     input:
     path plan                                   // plan.json
@@ -45,7 +43,7 @@ process PUBLISH_RESULTS {
     """
 
     stub:
-    // The same placement and records as a real run (layerwise.publish.publish_stub), nothing validated
+    // The same placement and records as a real run (layerwise.publish.outdir.publish_stub), nothing validated
     """
     layerwise-publish --stub --plan ${plan} --samplesheet ${samplesheet} --outdir '${outdir}' ${units} | tee published.txt
     cp '${outdir}/extraction_metadata.json' extraction_metadata.json

@@ -9,9 +9,7 @@ process PUBLISH_SAE {
     // Always runs, like PUBLISH_RESULTS: it checks and repairs the outdir as it is now.
     cache false
 
-    container "${ workflow.containerEngine in ['singularity', 'apptainer'] && !task.ext.singularity_pull_docker_container ?
-        'docker://ghcr.io/layerwise/layerwise:0.1.0' :
-        'ghcr.io/layerwise/layerwise:0.1.0' }"
+    // container: one image for every process, named once in nextflow.config (--container)
 
     input:
     path sae_dirs, stageAs: 'sae/*'         // layer_{L}[_{language}]/ from TRAIN_SAE
@@ -34,7 +32,7 @@ process PUBLISH_SAE {
 
     stub:
     """
-    mkdir -p '${outdir}/sae'
+    for d in ${sae_dirs}; do mkdir -p "${outdir}/sae/\$(basename "\$d")"; done
     echo stub > published_sae.txt
 
     cat <<-END_VERSIONS > versions.yml

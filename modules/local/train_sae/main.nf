@@ -10,9 +10,7 @@ process TRAIN_SAE {
     // meta carries their sha256, so path + size (lenient) and meta together decide a re-run.
     cache 'lenient'
 
-    container "${ workflow.containerEngine in ['singularity', 'apptainer'] && !task.ext.singularity_pull_docker_container ?
-        'docker://ghcr.io/layerwise/layerwise:0.1.0' :
-        'ghcr.io/layerwise/layerwise:0.1.0' }"
+    // container: one image for every process, named once in nextflow.config (--container)
 
     input:
     // meta: [layer, language ('pooled' or a language), sha256: [file name: sha256]]

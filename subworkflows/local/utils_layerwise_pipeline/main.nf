@@ -15,12 +15,10 @@ workflow PIPELINE_INITIALISATION {
     prompts     = Channel.value(init.prompts)       // path of prompts.json
     model       = Channel.value(init.model)         // [hub id or absolute local path, revision or '']
     spec        = Channel.value(init.spec)          // [layers:, languages:, layer_groups:, samples_per_task:]
-    digest_all  = Channel.value(init.digest_all)    // SHA-256 of layerwise/**.py + assets/prompts.json
-    digest_core = Channel.value(init.digest_core)   // the same without LayerwiseUtils.DOWNSTREAM_ONLY
+    digests     = Channel.value(init.digests)       // stage -> SHA-256 of the code it runs (layerwise/stages.json)
     outdir      = Channel.value(init.outdir)        // absolute --outdir (locked by this run)
     image_cache = Channel.value(init.image_cache)   // image-feature cache folder, '' = none
     execution_env = Channel.value(init.execution_env) // file the extraction jobs source: batch size, checkpoint interval
-    digest_sae  = Channel.value(init.digest_sae)    // SHA-256 of the sources TRAIN_SAE runs (LayerwiseUtils.SAE_SOURCES)
     sae_options = Channel.value(init.sae_options)   // JSON object of the SAE options ('' without --sae)
 }
 
@@ -72,6 +70,7 @@ def initialise() {
     // this run's result; published files damaged since the last run send their unit back to work
     if (params.outdir) {
         def outdirPath = file(params.outdir.toString()).toAbsolutePath()
+        LayerwiseOutdir.init(projectDir)
         def owner = LayerwiseOutdir.owner(workflow.sessionId.toString(), workflow.runName)
         def busy = LayerwiseOutdir.lock(outdirPath, owner)
         if (busy) error("ERROR: ${busy}")
@@ -85,9 +84,8 @@ def initialise() {
     def model = params.model.toString()
     if (LayerwiseUtils.looksLikePath(model) || file(model).exists()) model = file(model).toAbsolutePath().toString()
 
-    def digest_all  = LayerwiseUtils.sourceDigest(projectDir)
-    def digest_core = LayerwiseUtils.sourceDigest(projectDir, LayerwiseUtils.DOWNSTREAM_ONLY)
-    log.debug "layerwise source digests: all=${digest_all} core=${digest_core}"
+    def digests = LayerwiseUtils.stageDigests(projectDir)
+    log.debug "layerwise source digests: ${digests}"
 
     return [
         samplesheet: file(params.input, checkIfExists: true),
@@ -99,14 +97,12 @@ def initialise() {
             layer_groups    : params.layer_groups.toString().trim(),
             samples_per_task: params.samples_per_task as int,
         ],
-        digest_all : digest_all,
-        digest_core: digest_core,
+        digests    : digests,
         outdir     : file(params.outdir.toString()).toAbsolutePath().toString(),
         // a plain string: tasks hash it as text (a Path value would be hashed by its contents)
         image_cache: params.share_image_features ?
             (params.image_cache ?: "${workflow.workDir}/layerwise-image-features").toString() : '',
         execution_env: writeExecutionEnv(),
-        digest_sae : LayerwiseUtils.sourceDigest(projectDir, [], LayerwiseUtils.SAE_SOURCES),
         sae_options: params.sae ? saeOptionsJson(schema) : '',
     ]
 }
