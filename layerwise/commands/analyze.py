@@ -30,8 +30,8 @@ def main(argv=None) -> int:
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=conv, default=default,
                        help=f"{desc} (default {','.join(default) if isinstance(default, tuple) else default})")
     p.add_argument("--n-jobs", type=int, default=1, help="parallel permutation fits (joblib; default 1)")
-    p.add_argument("--samplesheet", type=Path, help="group folds by image, and mark the caption views whose "
-                   "captions gave the label (its label_leaks column) (samplesheet.valid.csv)")
+    p.add_argument("--samplesheet", type=Path, help="samplesheet.valid.csv: group folds by image, and mark the views "
+                   "that read a caption holding the label's word (its label_leaks column)")
     p.add_argument("--sae-views", type=_csv, help="views encoded by the SAEs (default: every pooled view)")
     p.add_argument("--sae-device", default="cpu")
     p.add_argument("--chunk-mb", type=int, default=64, help="float32 working set per chunk of samples")

@@ -15,7 +15,7 @@ Which caption the model reads (--caption-for-model):
 
 Outputs in --out-dir (each written atomically; all checks run before anything is written):
   samplesheet.csv   sample_id,image,gender,caption_<language>...,label_source,label_scope,label_leaks,
-                    image_id,caption_index,source_row: a layerwise samplesheet (image paths relative to it);
+                    image_id,pair_index,source_row: a layerwise samplesheet (image paths relative to it);
   labels.csv        every corpus row: its captions, per-language counts, terms and labels, the row's label,
                     its image's label and whether (or why not) it is in the sheet;
   label_report.json counts per class and language, EN/AR disagreements with examples, the most frequent
@@ -221,7 +221,7 @@ def read_caption_table(path: Path, image_column: str, columns: dict[str, str]) -
 
 
 def _image_paths(path: Path, rows: list[Row], image_root: Path, out_dir: Path, absolute: bool,
-                 check: bool) -> dict[str, str]:
+                 check: bool, image_column: str = "image") -> dict[str, str]:
     """Corpus image -> the sheet's image path (relative to --out-dir unless --absolute-paths); missing files raise."""
     paths, missing = {}, []
     first_row = {}
@@ -230,7 +230,7 @@ def _image_paths(path: Path, rows: list[Row], image_root: Path, out_dir: Path, a
     for image, row in first_row.items():
         full = (image_root / Path(image).expanduser()).resolve()
         if check and not full.is_file():
-            missing.append(f"row {row.number} (line {row.line}), column image: {image!r} is not a file "
+            missing.append(f"row {row.number} (line {row.line}), column '{image_column}': {image!r} is not a file "
                            f"({full}; images are read relative to --image-root {image_root})")
         paths[image] = str(full) if absolute else os.path.relpath(full, out_dir.resolve())
     if missing:
@@ -414,7 +414,7 @@ def _csv_text(header: list[str], records: list[list]) -> str:
 
 def sheet_text(rows: list[Row], languages: list[str], paths: dict[str, str]) -> str:
     header = [schema.SAMPLE_ID, schema.IMAGE, schema.GENDER] + [schema.caption_column(lang) for lang in languages]
-    header += ["label_source", "label_scope", "label_leaks", "image_id", "caption_index", "source_row"]
+    header += ["label_source", "label_scope", "label_leaks", "image_id", "pair_index", "source_row"]
     records = [[r.sample_id, paths[r.image], r.gender] + [r.captions[lang] for lang in languages]
                + ["+".join(schema.caption_column(lang) for lang in r.label_source), r.scope,
                   "+".join(schema.caption_column(lang) for lang in r.gendered_in()),
@@ -424,7 +424,7 @@ def sheet_text(rows: list[Row], languages: list[str], paths: dict[str, str]) -> 
 
 
 def labels_text(rows: list[Row], languages: list[str]) -> str:
-    header = ["source_row", "image", "caption_index", "sample_id"]
+    header = ["source_row", "image", "pair_index", "sample_id"]
     for lang in languages:
         header += [schema.caption_column(lang), f"label_{lang}", f"words_{lang}"]
         header += [f"{c}_{lang}" for c in CLASSES] + [f"terms_{lang}"]
@@ -493,7 +493,8 @@ def main(argv=None) -> int:
         row.caption_index = seen[row.image]
         seen[row.image] += 1
     image_root = args.image_root if args.image_root is not None else args.captions.resolve().parent
-    paths = _image_paths(args.captions, rows, image_root, args.out_dir, args.absolute_paths, not args.skip_image_check)
+    paths = _image_paths(args.captions, rows, image_root, args.out_dir, args.absolute_paths, not args.skip_image_check,
+                         args.image_column)
     label_rows(rows, languages, args.label_from, lexicons)
     dropped = select(rows, args.caption_for_model, args.keep_unlabelled, args.max_per_image, args.balance, args.seed)
     report = build_report(rows, args, languages, columns, lexicons, dropped)

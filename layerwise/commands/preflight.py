@@ -63,6 +63,7 @@ def main(argv=None) -> int:
         os.environ["HF_HOME"] = str(Path(args.hf_home).expanduser().absolute())
     from layerwise.core.layers import format_layers
     from layerwise.core.prompts import load_prompts
+    from layerwise.models.families import family_of
     from layerwise.models.loading import read_model_info
     from layerwise.preflight.caption_check import check_captions
     from layerwise.preflight.model_check import check_model, load_processor
@@ -86,7 +87,9 @@ def main(argv=None) -> int:
     else:
         info = check_model(args.model, args.revision)
         processor = load_processor(args.model, args.revision)
-        check_captions(df, processor, prompts, languages, info["max_position_embeddings"])
+        prompts = load_prompts(args.prompts, info["model_type"])   # a family's own prompt where it has one
+        check_captions(df, processor, prompts, languages, info["max_position_embeddings"],
+                       family=family_of(info["model_type"]))
     plan = make_plan(df, info, args.layers, languages, args.layer_groups, args.samples_per_task, prompts=prompts)
     sae_note = check_sae_options(args.sae_options, info["hidden_size"], df) if args.sae_options else None
 

@@ -2,8 +2,10 @@
 
 The file maps a language key (lower case, ``[a-z][a-z_]*``; it also names the samplesheet
 column ``caption_<language>`` and the output files ``layer_{L}_{language}.pt``) to an entry
-``{"prompt": "...", "name": "Display name"}``. Adding a language means adding one entry (and a
-``caption_<language>`` column to the samplesheet). A bare string value is accepted as the prompt.
+``{"prompt": "...", "name": "Display name", "families": {"<model_type>": "..."}}``: ``prompt`` is the
+instruction every model family gets, ``families`` the prompt of a family that expects its own (PaliGemma's
+checkpoints are trained on task prefixes such as ``caption en``). Adding a language means adding one entry
+(and a ``caption_<language>`` column to the samplesheet). A bare string value is accepted as the prompt.
 """
 from __future__ import annotations
 
@@ -39,8 +41,9 @@ def _read_entries(path: Path) -> dict:
     return data
 
 
-def load_prompts(path: str | Path | None = None) -> dict[str, str]:
-    """Read the prompts file (default: :func:`default_prompts_path`) into ``{language: prompt}``."""
+def load_prompts(path: str | Path | None = None, model_type: str | None = None) -> dict[str, str]:
+    """Read the prompts file (default: :func:`default_prompts_path`) into ``{language: prompt}``, with the
+    prompt of `model_type`'s family where the entry names one."""
     path = Path(path) if path is not None else default_prompts_path()
     prompts: dict[str, str] = {}
     for language, entry in _read_entries(path).items():
@@ -52,7 +55,11 @@ def load_prompts(path: str | Path | None = None) -> dict[str, str]:
         prompt = entry.get("prompt") if isinstance(entry, dict) else entry
         if not isinstance(prompt, str) or not prompt.strip():
             raise LayerwiseError(f'prompts file {path}: language {language!r} needs a non-empty "prompt" string')
-        prompts[language] = prompt
+        families = entry.get("families", {}) if isinstance(entry, dict) else {}
+        if not isinstance(families, dict) or not all(isinstance(v, str) and v.strip() for v in families.values()):
+            raise LayerwiseError(f'prompts file {path}: language {language!r}: "families" must map model types to '
+                                 "non-empty prompts")
+        prompts[language] = families.get(model_type, prompt) if model_type else prompt
     return prompts
 
 

@@ -38,19 +38,21 @@ CACHE_VERSION = "2"
 CACHE_WAIT_S = 6 * 3600
 
 
-def vision_tower(model: torch.nn.Module) -> torch.nn.Module:
-    tower = getattr(model.base_model, "vision_tower", None)
+def vision_tower(model: torch.nn.Module, module: str = "vision_tower") -> torch.nn.Module:
+    """The model's vision encoder (`Family.vision_module`: vision_tower, visual or vision_model)."""
+    tower = getattr(model.base_model, module, None)
     if tower is None:
-        raise LayerwiseError(f"{type(model).__name__} has no vision tower to pre-compute image features with")
+        raise LayerwiseError(f"{type(model).__name__} has no vision encoder `{module}` to count or pre-compute images with")
     return tower
 
 
 class VisionCallCounter:
-    """Counts images that pass through the vision tower (a benchmark and audit figure)."""
+    """Counts images that pass through the vision tower (a benchmark and audit figure), for a family whose
+    tower takes one pixel tensor per image (`Family.feature_cache`); other families count in `Extractor.encode`."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, module: str = "vision_tower"):
         self.images = 0
-        self._handle = vision_tower(model).register_forward_pre_hook(self._count, with_kwargs=True)
+        self._handle = vision_tower(model, module).register_forward_pre_hook(self._count, with_kwargs=True)
 
     def _count(self, _module, args, kwargs):
         pixels = kwargs.get("pixel_values", args[0] if args else None)

@@ -37,7 +37,8 @@ from layerwise.core.sheet import iter_samples, parse_rows
 from layerwise.extract.images import ImageFeatures, VisionCallCounter, per_image_features, shared_features
 from layerwise.layerfile.stream import LayerFileStream, UnitLayout
 from layerwise.models.capture import capture_layers, run_until
-from layerwise.models.inputs import EncodedBatch, InputBuilder, load_rgb, selection_mask
+from layerwise.models.families import PER_IMAGE, Family, family_of
+from layerwise.models.inputs import EncodedBatch, InputBuilder, image_size, load_rgb, selection_mask
 from layerwise.models.loading import LoadedModel, load_config, load_model, pick_device, resolve_dtype, text_dims
 from layerwise.models.token_kinds import TokenKinds
 from layerwise.preflight.samplesheet import read_samplesheet
@@ -100,8 +101,10 @@ def preflight(cfg: UnitConfig) -> Preflight:
         raise LayerwiseError(f"--batch-size must be >= 1, got {cfg.batch_size}")
     if cfg.checkpoint_interval < 1:
         raise LayerwiseError(f"--checkpoint-interval must be >= 1, got {cfg.checkpoint_interval}")
-    prompt = prompt_for(cfg.language, load_prompts(cfg.prompts))
+    load_prompts(cfg.prompts)                    # a bad prompts file is named before the model config is read
     config = load_config(cfg.model, cfg.revision)
+    family_of(config.model_type)
+    prompt = prompt_for(cfg.language, load_prompts(cfg.prompts, config.model_type))
     num_layers, hidden = text_dims(config)
     resolve_dtype(cfg.dtype, pick_device(cfg.device), config.model_type)
     layers = parse_layer_spec(cfg.layers, num_layers)
@@ -143,23 +146,26 @@ def store_batch(captured: dict[int, torch.Tensor], keep: torch.Tensor, selection
     return len(sample_ids) if selection in ("mean", "last") else sum(counts)
 
 
-def _blank_image() -> Image.Image:
-    """Stands in for a sample's image when only token positions are needed (their number is fixed)."""
-    return Image.new("RGB", (32, 32))
+def blank_image(family: Family, path=None) -> Image.Image:
+    """Stands in for a sample's image when only token positions are needed: the number of image tokens never
+    depends on the pixels, and for a family whose count depends on the image's size the blank has that size
+    (read from the file's header, no decoding)."""
+    size = image_size(path) if family.image_tokens == PER_IMAGE and path is not None else (32, 32)
+    return Image.new("RGB", size)
 
 
 def plan_layout(builder: InputBuilder, kinds: TokenKinds, samples, prompt: str, language: str, selection: str,
                 batch_size: int = 32) -> UnitLayout:
-    """Lengths, token ids and kinds of the positions every sample stores, from the tokenizer alone.
+    """Lengths, token ids and kinds of the positions every sample stores, from the processor alone.
 
     Uses the same encoding and masks as extraction (`InputBuilder.encode`, `selection_mask`), with a
-    blank image: the number of image tokens does not depend on the pixels. Extraction checks each
-    batch against this plan, so the layer files can be created at their final size up front.
+    blank image of the right size (`blank_image`). Extraction checks each batch against this plan, so the
+    layer files can be created at their final size up front.
     """
     lengths, ids_out, kinds_out = [], [], []
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
-        batch = builder.encode([_blank_image()] * len(chunk), [prompt] * len(chunk),
+        batch = builder.encode([blank_image(builder.family, s.image) for s in chunk], [prompt] * len(chunk),
                                [s.captions[language] for s in chunk], torch.device("cpu"), torch.float32)
         keep = selection_mask(batch, selection)
         batch_kinds = kinds.of_batch(batch)
@@ -181,12 +187,19 @@ class Extractor:
 
     def __init__(self, loaded: LoadedModel, image_features: ImageFeatures | None = None):
         self.loaded = loaded
-        self.builder = InputBuilder(loaded.processor)
+        self.builder = InputBuilder(loaded.processor, loaded.family)
         self.kinds = TokenKinds(loaded.processor)
         self.image_features = image_features
+        self.images_encoded = 0               # images through the vision tower, counted here for families without a cache
 
     def encode(self, samples, prompt: str, language: str) -> EncodedBatch:
-        images = [load_rgb(s.image) for s in samples]
+        family = self.loaded.family
+        if self.image_features is not None:   # cached features: an image is decoded only to feed the vision tower
+            images = [blank_image(family, s.image) for s in samples]
+        else:
+            images = [load_rgb(s.image) for s in samples]
+            if not family.feature_cache:      # the tower runs inside the model's forward, once per image
+                self.images_encoded += len(samples)
         captions = [s.captions[language] for s in samples]
         batch = self.builder.encode(images, [prompt] * len(samples), captions, self.loaded.device, self.loaded.dtype)
         if self.image_features is not None:
@@ -198,7 +211,7 @@ class Extractor:
     @torch.inference_mode()
     def forward(self, batch: EncodedBatch, layers: list[int]) -> dict[int, torch.Tensor]:
         inputs = batch.inputs
-        if "pixel_values" in inputs:
+        if "pixel_values" in inputs and self.loaded.family.feature_cache:
             # No cache: the vision tower still sees one image per call (the model's own pass would run it on
             # the whole batch, and in bf16 a batch of images gives other bits than each image alone).
             feats = per_image_features(self.loaded.model, inputs["pixel_values"])
@@ -228,7 +241,8 @@ class Extractor:
         bar = tqdm(total=len(pre.samples), initial=done, unit="sample", desc=f"{cfg.language} layers {cfg.layers}",
                    file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
         last_commit = done
-        vision = VisionCallCounter(self.loaded.model)
+        family = self.loaded.family
+        vision = VisionCallCounter(self.loaded.model, family.vision_module) if family.feature_cache else None
         try:
             while done < len(pre.samples):
                 chunk = pre.samples[done:done + cfg.batch_size]
@@ -242,7 +256,8 @@ class Extractor:
                     on_batch(done)
         finally:
             bar.close()
-            vision.close()
+            if vision is not None:
+                vision.close()
         seconds = time.perf_counter() - started
         files = []
         for layer, w in writers.items():
@@ -257,7 +272,7 @@ class Extractor:
             bytes_written=sum(f["bytes"] for f in files), files=files, nan_counts=nan_counts,
             peak_host_memory_bytes=_peak_rss_bytes(),
             peak_gpu_memory_bytes=torch.cuda.max_memory_allocated() if self.loaded.device.type == "cuda" else None,
-            vision_tower_images=vision.images,
+            vision_tower_images=vision.images if vision is not None else self.images_encoded,
             device=str(self.loaded.device), dtype=schema.dtype_name(dtype), batch_size=cfg.batch_size,
             token_selection=cfg.token_selection, layout=cfg.layout, model_id=cfg.model,
             unit_fingerprint=cfg.fingerprint(),
@@ -348,7 +363,8 @@ def run_unit(cfg: UnitConfig, on_batch: Callable[[int], None] | None = None,
         if loaded is None:
             loaded = load_model(cfg.model, cfg.revision, cfg.dtype, cfg.device)
         features, image_summary = None, None
-        if cfg.image_cache:
+        # the cache feeds features back through the model's own input for them: only families that have one
+        if cfg.image_cache and loaded.family.feature_cache:
             features, image_summary = shared_features(loaded, pre.samples, cfg.image_cache,
                                                       cfg.model_fingerprint or f"{cfg.model}@{loaded.revision}")
         try:

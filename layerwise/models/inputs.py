@@ -1,7 +1,12 @@
-"""Chat-formatted model inputs and the masks that say which positions each token selection keeps.
+"""Model inputs in each family's native format, and the masks that say what every position is.
 
-One sample in one language is a user turn (the image first, then the language's instruction
-prompt) followed by the caption as the model turn (teacher-forced).
+One sample in one language is an image, the language's instruction prompt and the caption. The model's own
+processor builds the sequence (`layerwise.models.families`): its chat template with the image and prompt as
+the user turn and the caption as the assistant turn (teacher-forced), or, for a family without a chat
+template (PaliGemma), the prompt as `text` and the caption as `suffix`. The masks are found from where the
+prompt and the caption are in the rendered text (character offsets of the processor's own tokens, counted
+from the end of the text: image placeholders are expanded before the prompt, never after it), so a caption
+whose first token merges with the template's header (LLaVA's and SmolVLM's `ASSISTANT: `) is still found.
 """
 from __future__ import annotations
 
@@ -11,6 +16,11 @@ import torch
 from PIL import Image
 
 from layerwise.core.errors import LayerwiseError
+from layerwise.models.families import PREFIX_SUFFIX, Family
+
+# Stand-ins for the prompt and the caption when locating them in a rendered template (private-use characters
+# that no tokenizer's template rewrites)
+_PROMPT_MARK, _CAPTION_MARK = "\ue000layerwise-prompt\ue000", "\ue001layerwise-caption\ue001"
 
 
 def chat_messages(prompt: str, caption: str) -> list[dict]:
@@ -22,11 +32,12 @@ def chat_messages(prompt: str, caption: str) -> list[dict]:
 
 @dataclass
 class EncodedBatch:
-    inputs: dict[str, torch.Tensor]   # ready for the model (input_ids, attention_mask, token_type_ids, pixel_values)
+    inputs: dict[str, torch.Tensor]   # ready for the model (input_ids, attention_mask, pixel_values, family extras)
     input_ids: torch.Tensor           # [B, T] on CPU
     attention_mask: torch.Tensor      # [B, T] bool on CPU
-    image_mask: torch.Tensor          # [B, T] bool: image soft tokens
-    caption_mask: torch.Tensor        # [B, T] bool: the model turn after its header
+    image_mask: torch.Tensor          # [B, T] bool: image tokens (none for a cross-attention family)
+    caption_mask: torch.Tensor        # [B, T] bool: from the caption's first token to the end of the sequence
+    prompt_mask: torch.Tensor         # [B, T] bool: the tokens of the instruction prompt's text
 
 
 class ImageDecodeError(LayerwiseError):
@@ -224,47 +235,158 @@ def load_rgb_with_digest(path) -> tuple[Image.Image, str]:
         raise ImageDecodeError(path, e.reason) from None
 
 
+def image_size(path) -> tuple[int, int]:
+    """(width, height) of an image as `load_rgb` will return it, read from the file's header (no pixel is
+    decoded): the EXIF orientation that `load_rgb` applies swaps the sides of a rotated photo."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            orientation = img.getexif().get(0x0112, 1)
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def image_token_id(processor) -> int:
+    """The id of the token that stands for image content in the sequence (the model config's `image_token_id`;
+    Mllama's one placeholder). The tokenizer's `image_token` comes first: Gemma 3's processor names its
+    placeholder `<start_of_image>` `image_token_id`, while the image content is `<image_soft_token>`."""
+    tok = processor.tokenizer
+    token = getattr(tok, "image_token", None)
+    if isinstance(token, str) and token:
+        return int(tok.convert_tokens_to_ids(token))
+    tid = getattr(processor, "image_token_id", None)
+    if tid is not None:
+        return int(tid)
+    token = getattr(processor, "image_token", None)
+    if token is None:
+        raise LayerwiseError(f"{type(processor).__name__} names no image token")
+    return int(tok.convert_tokens_to_ids(token))
+
+
+@dataclass(frozen=True)
+class _Spans:
+    """Where the prompt and the caption sit in one rendered text, in characters counted from its end."""
+    text: str
+    prompt: tuple[int, int]    # (start, end) from the end of the text
+    caption: tuple[int, int]
+
+
 class InputBuilder:
-    """Turns (image, prompt, caption) triples into model inputs and position masks."""
+    """Turns (image, prompt, caption) triples into a family's native model inputs and position masks."""
 
-    def __init__(self, processor):
+    def __init__(self, processor, family: Family):
         self.processor = processor
-        tok = processor.tokenizer
-        self.start_of_turn_id = tok.convert_tokens_to_ids("<start_of_turn>")
-        self.model_header = tok.encode("model\n", add_special_tokens=False)
-        self.image_token_id = tok.convert_tokens_to_ids(getattr(tok, "image_token", "<image_soft_token>"))
+        self.family = family
+        self.tok = processor.tokenizer
+        self.image_token_id = image_token_id(processor)
+        self._layout: tuple[str, str, str] | None = None       # template text around the prompt and the caption
+        self._add_special_tokens: bool | None = None
 
+    # ------------------------------------------------------------------ text
     def render(self, prompt: str, caption: str) -> str:
+        """The text the processor tokenizes (its chat template; PaliGemma: the prompt, the caption as suffix)."""
+        if self.family.prompt_format == PREFIX_SUFFIX:
+            return prompt
         return self.processor.apply_chat_template(chat_messages(prompt, caption), tokenize=False)
 
+    def _template_layout(self) -> tuple[str, str, str]:
+        """(text before the prompt, between prompt and caption, after the caption) of the chat template."""
+        if self._layout is None:
+            text = self.render(_PROMPT_MARK, _CAPTION_MARK)
+            if text.count(_PROMPT_MARK) != 1 or text.count(_CAPTION_MARK) != 1 or \
+                    text.index(_PROMPT_MARK) > text.index(_CAPTION_MARK):
+                raise LayerwiseError("the model's chat template does not place the prompt once in the user turn and "
+                                     "the caption once in the assistant turn after it")
+            before, rest = text.split(_PROMPT_MARK)
+            between, after = rest.split(_CAPTION_MARK)
+            self._layout = (before, between, after)
+        return self._layout
+
+    def spans(self, prompt: str, caption: str) -> _Spans:
+        if self.family.prompt_format == PREFIX_SUFFIX:
+            # text = the prompt; the processor adds image tokens and <bos> before it and "\n" after it
+            return _Spans(prompt, (len(prompt) + 1, 1), (0, 0))
+        text = self.render(prompt, caption)
+        before, between, after = self._template_layout()
+        # the template may rewrite the text it is given (e.g. trim it): read what it wrote
+        with_mark = self.render(prompt, _CAPTION_MARK)
+        head = with_mark[:with_mark.index(_CAPTION_MARK)]
+        if not text.startswith(head) or not text.endswith(after):
+            raise LayerwiseError("the model's chat template renders the caption in a way layerwise cannot locate")
+        cap_len = len(text) - len(head) - len(after)
+        prompt_len = len(head) - len(before) - len(between)
+        cap = (len(after) + cap_len, len(after))
+        return _Spans(text, (cap[0] + len(between) + prompt_len, cap[0] + len(between)), cap)
+
+    def add_special_tokens(self, text: str) -> bool:
+        """Whether the tokenizer must add its special tokens: only when the template writes no <bos> itself and
+        the tokenizer has one (LLaVA-1.5's template writes no `<s>`); never a second <bos>."""
+        if self._add_special_tokens is None:
+            bos = self.tok.bos_token
+            self._add_special_tokens = bool(bos) and not text.startswith(bos)
+        return self._add_special_tokens
+
+    # ------------------------------------------------------------------ encoding
     def encode(self, images: list[Image.Image], prompts: list[str], captions: list[str],
                device: torch.device, dtype: torch.dtype) -> EncodedBatch:
-        texts = [self.render(p, c) for p, c in zip(prompts, captions)]
-        # The chat template already starts with <bos>: add_special_tokens=False avoids a second one.
-        enc = self.processor(text=texts, images=[[img] for img in images], return_tensors="pt",
-                             padding=True, add_special_tokens=False)
-        if "token_type_ids" not in enc:
-            raise LayerwiseError("the processor returned no token_type_ids; Gemma 3's image attention needs them")
+        spans = [self.spans(p, c) for p, c in zip(prompts, captions)]
+        imgs = [[img] for img in images] if self.family.nested_images else list(images)
+        if self.family.prompt_format == PREFIX_SUFFIX:
+            enc = self.processor(text=[s.text for s in spans], images=imgs, suffix=list(captions), return_tensors="pt",
+                                 padding=True, return_offsets_mapping=True)
+        else:
+            enc = self.processor(text=[s.text for s in spans], images=imgs, return_tensors="pt", padding=True,
+                                 add_special_tokens=self.add_special_tokens(spans[0].text), return_offsets_mapping=True)
+        offsets = enc.pop("offset_mapping", None)
+        if offsets is None:
+            raise LayerwiseError(f"{type(self.processor).__name__} returned no offset mapping (a fast tokenizer is needed)")
+        missing = [k for k in self.family.needs_inputs if k not in enc]
+        if missing:
+            raise LayerwiseError(f"{type(self.processor).__name__} returned no {', '.join(missing)}, which the "
+                                 f"{self.family.name} model needs")
         input_ids = enc["input_ids"]
         attention = enc["attention_mask"].bool()
-        image_mask = enc["token_type_ids"].bool() & attention
-        caption_mask = torch.stack([self._caption_mask(row, mask) for row, mask in zip(input_ids, attention)])
+        image_mask = (input_ids == self.image_token_id) & attention if self.family.image_view else \
+            torch.zeros_like(attention)
+        if self.family.prompt_format == PREFIX_SUFFIX:
+            # token_type_ids mark the suffix (the caption and its <eos>); offsets of the first text locate the prompt
+            suffix = enc["token_type_ids"].bool() & attention
+            prompt_mask = torch.stack([_overlap(off, att & ~suf, s.prompt) for off, att, suf, s in
+                                       zip(offsets, attention, suffix, spans)])
+            caption_mask = suffix
+        else:
+            prompt_mask = torch.stack([_overlap(off, att, s.prompt) for off, att, s in zip(offsets, attention, spans)])
+            caption_mask = torch.stack([_from_first(_overlap(off, att, s.caption), att)
+                                        for off, att, s in zip(offsets, attention, spans)])
+        for i, c in enumerate(captions):
+            if not bool(caption_mask[i].any()):
+                raise LayerwiseError(f"caption {c[:60]!r}: no token of the sequence holds it")
         inputs = {k: v.to(device) for k, v in enc.items()}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
-        return EncodedBatch(inputs, input_ids, attention, image_mask, caption_mask)
+        return EncodedBatch(inputs, input_ids, attention, image_mask, caption_mask, prompt_mask)
 
-    def _caption_mask(self, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-        turns = (ids == self.start_of_turn_id).nonzero().flatten()
-        if len(turns) == 0:
-            raise LayerwiseError("the chat template produced no <start_of_turn>: cannot locate the caption")
-        start = int(turns[-1]) + 1
-        header = ids[start:start + len(self.model_header)].tolist()
-        if header != self.model_header:
-            raise LayerwiseError(f"unexpected model-turn header tokens {header}, expected {self.model_header}")
-        mask = torch.zeros_like(attention)
-        mask[start + len(self.model_header):] = True
-        return mask & attention
+
+def _overlap(offsets: torch.Tensor, attention: torch.Tensor, span: tuple[int, int]) -> torch.Tensor:
+    """bool [T]: attended tokens whose characters overlap `span` (counted from the end of the text). Tokens the
+    tokenizer added (offsets (0, 0)) and padding overlap nothing."""
+    starts, ends = offsets[:, 0], offsets[:, 1]
+    real = attention & (ends > starts)
+    if not bool(real.any()):
+        return torch.zeros_like(attention)
+    length = int(ends[real].max())            # the text's length: where its last token ends
+    lo, hi = length - span[0], length - span[1]
+    return real & (ends > lo) & (starts < hi)
+
+
+def _from_first(mask: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+    """From the first True of `mask` to the last attended position (the caption and the turn end after it)."""
+    hits = mask.nonzero().flatten()
+    out = torch.zeros_like(attention)
+    if len(hits):
+        out[int(hits[0]):] = True
+    return out & attention
 
 
 def selection_mask(batch: EncodedBatch, selection: str) -> torch.Tensor:

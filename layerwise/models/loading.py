@@ -14,20 +14,8 @@ import torch
 
 from layerwise.core import schema
 from layerwise.core.errors import LayerwiseError
+from layerwise.models.families import FAMILIES, GATED_PREFIXES, Family, family_of
 
-FP16_OVERFLOW_MODEL_TYPES = ("gemma3",)  # activations overflow fp16: transformers#36822
-# The one list of what layerwise runs: config.json model_type -> (architecture class, what it is).
-SUPPORTED_MODEL_TYPES = {
-    "gemma3": ("Gemma3ForConditionalGeneration", "Gemma 3 image-text model, e.g. google/gemma-3-4b-it"),
-}
-# Known model types that look close but cannot run here, and why (for the error message).
-UNSUPPORTED_HINTS = {
-    "gemma3_text": "a text-only Gemma 3 (such as google/gemma-3-1b-it or gemma-3-270m): it has no vision tower",
-    "gemma": "Gemma 1 is text-only",
-    "gemma2": "Gemma 2 is text-only",
-    "paligemma": "PaliGemma uses a different prompt format and architecture",
-    "gemma3n": "Gemma 3n is a different architecture (audio/vision towers, per-layer embeddings)",
-}
 MODEL_PARAM = "--model"
 LOCAL_REVISION = "local"
 _TRUE = {"1", "on", "yes", "true"}
@@ -44,6 +32,10 @@ class LoadedModel:
     num_layers: int
     hidden_size: int
     model_type: str
+
+    @property
+    def family(self) -> Family:
+        return family_of(self.model_type)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -64,14 +56,13 @@ def resolve_dtype(name: str, device: torch.device, model_type: str) -> torch.dty
     if name not in schema.DTYPES:
         raise LayerwiseError(f"--dtype {name!r} is not one of {', '.join(schema.DTYPES)}")
     if name == "auto":
-        # bf16 where the GPU has it (A100, H100); float32 on V100s and CPUs. Never fp16 for Gemma 3.
+        # bf16 where the GPU has it (A100, H100); float32 on V100s and CPUs. Never fp16 by default.
         cuda = device.type == "cuda" and torch.cuda.is_available()
         return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported(including_emulation=False) else torch.float32
-    if name == "float16" and model_type.startswith(FP16_OVERFLOW_MODEL_TYPES):
-        raise LayerwiseError(
-            f"--dtype float16 is refused for {model_type}: its activations overflow float16 and turn "
-            "into inf/NaN (transformers#36822). Use bfloat16 (GPU default) or float32."
-        )
+    hazard = FAMILIES[model_type].fp16_hazard if model_type in FAMILIES else ""
+    if name == "float16" and hazard:
+        raise LayerwiseError(f"--dtype float16 is refused for {model_type}: {hazard}. "
+                             "Use bfloat16 (GPU default) or float32.")
     return getattr(torch, name)
 
 
@@ -113,9 +104,11 @@ def _not_found(model: str, revision: str | None, detail: str) -> LayerwiseError:
         rev = f" at revision {revision}" if revision else ""
         tried.append(f"Hugging Face hub id '{model}'{rev} in cache {cache}, {mode}: not found")
     hint_id = model if not looks_like_path(model) else "<org>/<model>"
+    gated = (f"'{model}' is a gated model: accept its licence on its Hugging Face page and set HF_TOKEN before the "
+             "download. ") if model.startswith(GATED_PREFIXES) else ""
     first = detail.strip().splitlines()[0] if detail.strip() else ""
     return LayerwiseError(
-        f"{MODEL_PARAM} '{model}': cannot read the model config. Tried: " + "; ".join(tried) + ". "
+        f"{MODEL_PARAM} '{model}': cannot read the model config. Tried: " + "; ".join(tried) + ". " + gated +
         f"Compute nodes usually have no internet: pre-fill the Hugging Face cache on a login node with "
         f"`HF_HOME=/shared/hf hf download {hint_id}` (older huggingface_hub: `huggingface-cli download {hint_id}`) "
         f"and pass --hf_home /shared/hf "
@@ -282,8 +275,8 @@ def load_model(model_id: str, revision: str | None = None, dtype: str = "auto", 
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch_dtype, **hub_kwargs, **extra).to(dev).eval()
     processor = AutoProcessor.from_pretrained(source, **hub_kwargs)
-    # Right padding keeps every real token at the position it has at batch size 1 (Gemma 3
-    # numbers positions 0..T-1 regardless of the attention mask), so batching changes no values.
+    # Right padding keeps every real token at the position it has at batch size 1 (the decoders number
+    # positions 0..T-1 regardless of the attention mask), so batching changes no values.
     processor.tokenizer.padding_side = "right"
     num_layers, hidden = text_dims(config)
     return LoadedModel(model, processor, dev, torch_dtype, model_id, resolved_revision(model_id, revision),

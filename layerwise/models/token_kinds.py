@@ -1,15 +1,16 @@
 """The kind of every position of an encoded batch (`schema.TOKEN_KINDS`), stored as `token_kinds`.
 
-The analysis views (image / caption / prompt / all) and the SAE token filters select on these
-kinds, so they are derived here once, from the same masks extraction uses:
+The analysis views (image / caption / prompt / all) and the SAE token filters select on these kinds, so
+they are derived here once, from the masks `InputBuilder.encode` made from the family's own processor:
 
-* ``bos``      -- the ``<bos>`` at position 0;
-* ``image``    -- image soft tokens (``token_type_ids == 1``);
-* ``caption``  -- `EncodedBatch.caption_mask` (the model turn after its header), except special
-  tokens and whitespace-only tokens after the caption text (``<end_of_turn>``, ``\\n``);
-* ``prompt``   -- the instruction text of the user turn: positions after the last image token and
-  before the user turn's ``<end_of_turn>``, except special and whitespace-only tokens;
-  (``<bos>`` is the first attended position: the processor may pad on the left)
+* ``bos``      -- the tokenizer's ``<bos>``, its first occurrence (at the first attended position, or after the
+  image tokens in PaliGemma's prefix);
+* ``image``    -- image tokens (``input_ids == image_token_id``; none for a cross-attention family such as
+  Mllama, whose one ``<|image|>`` placeholder is ``template``);
+* ``caption``  -- the caption's tokens (`EncodedBatch.caption_mask`), except special tokens and
+  whitespace-only tokens (the turn end after the caption);
+* ``prompt``   -- the instruction prompt's tokens (`EncodedBatch.prompt_mask`), except special and
+  whitespace-only tokens;
 * ``template`` -- everything else that is not padding (turn markers, role names, image delimiters,
   newlines); ``pad`` beyond a sample's length.
 """
@@ -29,7 +30,6 @@ class TokenKinds:
     def __init__(self, processor):
         tok = processor.tokenizer
         self.bos_id = tok.bos_token_id
-        self.end_of_turn_id = tok.convert_tokens_to_ids("<end_of_turn>")
         self.special_ids = set(int(i) for i in tok.all_special_ids)
         self.special_ids.update(int(i) for i, t in tok.added_tokens_decoder.items() if t.special)
         self._blank: dict[int, bool] = {}
@@ -48,22 +48,13 @@ class TokenKinds:
         kinds = torch.full(ids.shape, KIND["template"], dtype=torch.int8)
         kinds[~attention] = KIND["pad"]
         kinds[batch.image_mask] = KIND["image"]
-        for b in range(ids.shape[0]):
-            row = ids[b].tolist()
-            attended = attention[b].nonzero().flatten()
-            if not len(attended):
-                continue
-            first, n = int(attended[0]), int(attended[-1]) + 1   # the processor may pad on either side
-            if row[first] == self.bos_id:
-                kinds[b, first] = KIND["bos"]
-            image_pos = batch.image_mask[b].nonzero().flatten()
-            after_image = int(image_pos[-1]) + 1 if len(image_pos) else first + 1
-            turn_ends = [i for i in range(after_image, n) if row[i] == self.end_of_turn_id]
-            prompt_end = turn_ends[0] if turn_ends else n
-            for i in range(after_image, prompt_end):
-                if not self._is_blank(row[i]):
-                    kinds[b, i] = KIND["prompt"]
-            for i in batch.caption_mask[b].nonzero().flatten().tolist():
-                if not self._is_blank(row[i]):
-                    kinds[b, i] = KIND["caption"]
+        blank = torch.tensor([[self._is_blank(int(t)) for t in row] for row in ids.tolist()], dtype=torch.bool) \
+            if ids.numel() else torch.zeros_like(attention)
+        kinds[batch.prompt_mask & ~blank & ~batch.image_mask] = KIND["prompt"]
+        kinds[batch.caption_mask & ~blank] = KIND["caption"]
+        if self.bos_id is not None:
+            for b in range(ids.shape[0]):
+                at = ((ids[b] == self.bos_id) & attention[b]).nonzero().flatten()
+                if len(at):
+                    kinds[b, int(at[0])] = KIND["bos"]
         return kinds

@@ -11,12 +11,14 @@ A caption (and a prompt) is plain text inside the chat template. Three things br
   header before it, the end-of-turn after it), so that its span cannot be told apart;
 * a chat sequence **longer than the model's context** (``max_position_embeddings``).
 
-Lengths are counted on the exact sequence ``inputs.InputBuilder.encode`` builds (the processor's
-chat template, the image placeholder expanded to the processor's fixed image token sequence,
-tokenized with ``add_special_tokens=False``), but computed independently of it: the template is
-rendered per caption, the part before the caption is tokenized once per prompt, and the caption's
-positions are what follows that prefix (``InputBuilder`` instead searches for the last
-``<start_of_turn>``). ``tests/unit/test_caption_check.py`` proves both agree on every fixture sample.
+Lengths are counted on the exact sequence ``inputs.InputBuilder.encode`` builds. For a chat-template
+family with a fixed image token sequence that the processor names (Gemma 3's ``full_image_sequence``)
+they are computed independently of it and fast, without images: the template is rendered per caption,
+the part before the caption is tokenized once per prompt, and the caption's positions are what follows
+that prefix. For every other family (image tokens that depend on the image's size, a prefix/suffix
+format, a cross-attention image) they are measured with the family's own processor
+(``InputBuilder.encode`` on blank images of each sample's size, as extraction plans its layout).
+``tests/unit/test_caption_check.py`` proves both agree on every fixture sample.
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ from pathlib import Path
 
 from layerwise.core import schema
 from layerwise.core.errors import LayerwiseError
-from layerwise.models.inputs import chat_messages
+from layerwise.models.families import CHAT, FAMILIES, FIXED, Family
+from layerwise.models.inputs import InputBuilder, chat_messages, image_size
 
 MAX_LISTED = 20
 
@@ -73,22 +76,22 @@ class _Template:
 class CaptionChecker:
     """Counts and checks chat sequences of one processor (tokenizer + image processor config)."""
 
-    def __init__(self, processor):
+    def __init__(self, processor, family: Family | None = None):
         self.processor = processor
+        self.family = family or FAMILIES["gemma3"]
         self.tok = processor.tokenizer
         self.tokens = special_tokens(processor)
         self.token_ids = special_token_ids(processor)
         self._pattern = re.compile("|".join(re.escape(t) for t in self.tokens)) if self.tokens else None
         self.image_placeholder = getattr(processor, "image_token", None) or getattr(self.tok, "boi_token", None)
         self.full_image_sequence = getattr(processor, "full_image_sequence", None)
-        if not self.image_placeholder or not self.full_image_sequence:
-            raise LayerwiseError(f"processor {type(processor).__name__} has no fixed image token sequence "
-                                 "(image_token / full_image_sequence): the caption length check supports Gemma 3's")
         image_processor = getattr(processor, "image_processor", None)
-        if getattr(image_processor, "do_pan_and_scan", False):
-            raise LayerwiseError("the model's image processor has do_pan_and_scan enabled: the number of image tokens "
-                                 "then depends on each image's size, which this check does not model")
-        self.image_token_id = int(self.tok.convert_tokens_to_ids(getattr(self.tok, "image_token", "<image_soft_token>")))
+        # the fast path: a chat template and a fixed image token sequence the processor names (Gemma 3 without
+        # pan-and-scan, whose image token count would depend on each image's size)
+        self.fast = bool(self.image_placeholder and self.full_image_sequence) and self.family.prompt_format == CHAT \
+            and self.family.image_tokens == FIXED and not getattr(image_processor, "do_pan_and_scan", False)
+        self.builder = InputBuilder(processor, self.family)
+        self.image_token_id = self.builder.image_token_id
         self.unk_id = getattr(self.tok, "unk_token_id", None)
         self._templates: dict[str, _Template] = {}
 
@@ -104,6 +107,16 @@ class CaptionChecker:
 
     def _ids(self, texts: list[str]) -> list[list[int]]:
         return self.tok(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+    def check_prompt(self, prompt: str) -> None:
+        if found := self.find_special_tokens(prompt):
+            raise LayerwiseError(f"the prompt {prompt!r} contains the control token{'s' if len(found) > 1 else ''} "
+                                 f"{', '.join(found)} of the model's tokenizer; remove {'them' if len(found) > 1 else 'it'} "
+                                 "from the prompts file")
+        if self.fast:
+            self.template(prompt)
+        elif self.family.prompt_format == CHAT:
+            self.builder.spans(prompt, "x")   # the template places the prompt and a caption where they are found
 
     def template(self, prompt: str) -> _Template:
         if prompt in self._templates:
@@ -139,8 +152,12 @@ class CaptionChecker:
         return t
 
     # ------------------------------------------------------------ counting
-    def measure(self, prompt: str, captions: Sequence[str]) -> list[tuple[dict | None, str | None]]:
-        """Per caption: (lengths, None), or (None, what is wrong) for a caption that breaks the template."""
+    def measure(self, prompt: str, captions: Sequence[str], images: Sequence | None = None,
+                batch_size: int = 16) -> list[tuple[dict | None, str | None]]:
+        """Per caption: (lengths, None), or (None, what is wrong) for a caption that breaks the template.
+        `images`: each sample's image file (its size decides the image token count of some families)."""
+        if not self.fast:
+            return self._measure_with_processor(prompt, captions, images, batch_size)
         t = self.template(prompt)
         out: list[tuple[dict | None, str | None]] = [(None, None)] * len(captions)
         todo: list[int] = []
@@ -181,6 +198,54 @@ class CaptionChecker:
                        "mean": 1, "last": 1, "image": t.image_tokens, "caption_tokens": len(cap_ids)}, None)
         return out
 
+    def _measure_with_processor(self, prompt: str, captions: Sequence[str], images: Sequence | None,
+                                batch_size: int) -> list[tuple[dict | None, str | None]]:
+        """Lengths from the family's own processor on blank images of each sample's size (what extraction plans)."""
+        import torch
+        from PIL import Image
+
+        from layerwise.models.families import PER_IMAGE
+
+        out: list[tuple[dict | None, str | None]] = [(None, None)] * len(captions)
+        todo: list[int] = []
+        for i, caption in enumerate(captions):
+            if found := self.find_special_tokens(caption):
+                out[i] = (None, self._control_message(found))
+                continue
+            if self.family.prompt_format == CHAT and caption not in self.builder.render(prompt, caption):
+                out[i] = (None, "the chat template changes this caption's text (e.g. strips leading/trailing "
+                                "whitespace), so the stored caption would not be the samplesheet's")
+                continue
+            todo.append(i)
+        per_image = self.family.image_tokens == PER_IMAGE and images is not None
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            blanks = [Image.new("RGB", image_size(images[i]) if per_image else (32, 32)) for i in chunk]
+            try:
+                batch = self.builder.encode(blanks, [prompt] * len(chunk), [captions[i] for i in chunk],
+                                            torch.device("cpu"), torch.float32)
+            except LayerwiseError as e:
+                for i in chunk:
+                    out[i] = (None, str(e))
+                continue
+            for b, i in enumerate(chunk):
+                att = batch.attention_mask[b]
+                ids = batch.input_ids[b][att].tolist()
+                cap_ids = batch.input_ids[b][batch.caption_mask[b]].tolist()
+                text = [x for x in cap_ids if x not in self.token_ids]
+                if not text:
+                    out[i] = (None, "no token of the sequence holds the caption's text")
+                    continue
+                if self.unk_id is not None and self.unk_id in text:
+                    out[i] = (None, "the tokenizer has no tokens for some of the caption's characters (they would become "
+                                    f"{self.tok.unk_token}); remove or replace them")
+                    continue
+                image = int(batch.image_mask[b].sum())
+                total = len(ids)
+                out[i] = ({"all": total, "text": total - image, "caption": int(batch.caption_mask[b].sum()),
+                           "mean": 1, "last": 1, "image": image, "caption_tokens": len(text)}, None)
+        return out
+
     def _control_message(self, found: list[str]) -> str:
         return (f"contains the control token{'s' if len(found) > 1 else ''} {', '.join(found)} of the model's tokenizer: "
                 "in a caption it would change the chat structure (an extra turn, image placeholder or sequence "
@@ -190,16 +255,16 @@ class CaptionChecker:
 _CHECKERS: dict[int, CaptionChecker] = {}
 
 
-def _checker(processor) -> CaptionChecker:
+def _checker(processor, family: Family | None = None) -> CaptionChecker:
     key = id(processor)
     cached = _CHECKERS.get(key)
-    if cached is None or cached.processor is not processor:
-        cached = _CHECKERS[key] = CaptionChecker(processor)
+    if cached is None or cached.processor is not processor or (family is not None and cached.family is not family):
+        cached = _CHECKERS[key] = CaptionChecker(processor, family)
     return cached
 
 
 def check_captions(df, processor, prompts: dict[str, str], languages: Iterable[str], max_positions: int | None,
-                   *, samplesheet: str | Path | None = None) -> dict:
+                   *, samplesheet: str | Path | None = None, family: Family | None = None) -> dict:
     """Check every sample's caption for every language; raise LayerwiseError listing every problem.
 
     ``df`` is ``samplesheet.read_samplesheet``'s frame; ``prompts`` maps language -> prompt;
@@ -207,7 +272,7 @@ def check_captions(df, processor, prompts: dict[str, str], languages: Iterable[s
     to skip the length check. Returns ``{language: {"max_positions_used", "row_of_max", "positions",
     "caption_positions"}}`` (``positions``: each sample's full sequence length, in row order).
     """
-    checker = _checker(processor)
+    checker = _checker(processor, family)
     name = Path(samplesheet or df.attrs.get("samplesheet", "samplesheet")).name
     languages = list(languages)
     problems: list[tuple[int, int, str]] = []
@@ -217,11 +282,11 @@ def check_captions(df, processor, prompts: dict[str, str], languages: Iterable[s
         if language not in prompts:
             raise LayerwiseError(f"no prompt for language {language!r} (languages with a prompt: {', '.join(prompts)})")
         try:
-            checker.template(prompts[language])
+            checker.check_prompt(prompts[language])
         except LayerwiseError as e:
             raise LayerwiseError(f"prompt for language {language!r}: {e}") from None
         captions = [str(c) for c in df[col].tolist()]
-        results = checker.measure(prompts[language], captions)
+        results = checker.measure(prompts[language], captions, images=df[schema.IMAGE].tolist())
         positions, caption_positions = [], []
         for pos, ((lengths, problem), rec) in enumerate(zip(results, df[["row", schema.SAMPLE_ID]].itertuples(index=False))):
             row, sid = int(rec[0]), str(rec[1])

@@ -4,14 +4,15 @@
 snapshot of a hub id: ``HF_HOME`` / ``HF_HUB_OFFLINE`` honoured, nothing downloaded) and checks,
 without loading any weights:
 
-* ``config.json`` is valid JSON, its ``model_type`` is one of ``model.SUPPORTED_MODEL_TYPES``
-  (the Gemma 3 image-text architecture), it has a ``vision_config`` and transformers can read it;
+* ``config.json`` is valid JSON, it has a ``vision_config`` (a text-only model is refused as such), its
+  ``model_type`` is a family of ``layerwise.models.families`` and transformers can read it;
 * every weight file exists and is complete: ``model.safetensors.index.json`` (when sharded) names
   the shards, each shard's 8-byte header length and JSON header are read, the tensors' byte ranges
   must tile the file exactly (the size safetensors itself insists on), each index entry must be in
-  its shard, and the weights must hold a vision tower and as many decoder layers as the config says;
-* the tokenizer and processor files are there (and every JSON file parses), and the processor's
-  image token count agrees with the model's.
+  its shard, and the weights must hold the family's vision encoder and as many decoder layers as the
+  config says;
+* the tokenizer and processor files are there (and every JSON file parses), a chat template where the
+  family builds its text with one, and the processor's image token count agrees with the model's.
 
 It returns the facts PREFLIGHT needs, including a cheap ``fingerprint``: sha256 over the weight
 files' names, sizes and mtimes (in the hub cache: their content-addressed blob names) and the
@@ -28,13 +29,8 @@ import struct
 from pathlib import Path
 
 from layerwise.core.errors import LayerwiseError
-from layerwise.models.loading import (
-    MODEL_PARAM,
-    SUPPORTED_MODEL_TYPES,
-    UNSUPPORTED_HINTS,
-    config_json_problem,
-    resolve_model_dir,
-)
+from layerwise.models.families import CHAT, FAMILIES, Family, supported_text
+from layerwise.models.loading import MODEL_PARAM, config_json_problem, resolve_model_dir
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
@@ -49,7 +45,9 @@ HASHED_MAX_BYTES = 64 * 1024 * 1024       # non-weight files up to this size are
 IGNORED_FILES = re.compile(r"(?i)^(readme|license|licence|notice|use_policy)(\.|$)|\.(md|png|jpe?g|gif)$")
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "I16": 2, "U16": 2,
                "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
-_DECODER_LAYER = re.compile(r"(?:^|\.)language_model\.(?:model\.)?layers\.(\d+)\.")
+# A decoder layer's weights: `...layers.<N>.` outside the vision encoder (language_model.model.layers, model.layers,
+# model.language_model.layers, model.text_model.layers, ... depending on the family and the checkpoint's age)
+_DECODER_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
 class _Problems:
@@ -67,29 +65,24 @@ class _Problems:
             raise LayerwiseError("\n".join([head] + [f"  - {t}" for t in self.items]))
 
 
-def supported_models_text() -> str:
-    return "; ".join(f"model_type {t!r} ({arch}: {what})" for t, (arch, what) in SUPPORTED_MODEL_TYPES.items())
-
-
-def _check_config(raw: dict, folder: Path, problems: _Problems) -> None:
+def _check_config(raw: dict, folder: Path, problems: _Problems) -> Family | None:
     model_type = str(raw.get("model_type") or "")
     where = folder / "config.json"
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        why = UNSUPPORTED_HINTS.get(model_type)
-        what = f"model_type {model_type!r}" if model_type else "no model_type"
-        problems.add(f"{where} has {what}" + (f", {why}" if why else ", which layerwise does not support")
-                     + f". Supported: {supported_models_text()}")
-        return
-    arch = SUPPORTED_MODEL_TYPES[model_type][0]
-    archs = raw.get("architectures") or []
-    if archs and arch not in archs:
-        problems.add(f"{where} names the architecture {', '.join(map(str, archs))}, not {arch} "
-                     f"(the image-text model layerwise loads). Supported: {supported_models_text()}")
+    what = f"model_type {model_type!r}" if model_type else "no model_type"
     if not isinstance(raw.get("vision_config"), dict):
-        problems.add(f"{where} has no vision_config: a text-only configuration (transformers would invent a default "
-                     f"vision tower with random weights). Supported: {supported_models_text()}")
-    if not isinstance(raw.get("text_config"), dict):
-        problems.add(f"{where} has no text_config, which the Gemma 3 image-text configuration has")
+        problems.add(f"{where} ({what}) has no vision_config: a text-only model, which has no image input to record "
+                     f"(transformers would invent a vision encoder with random weights). Supported image-text "
+                     f"families: {supported_text()}")
+        return None
+    family = FAMILIES.get(model_type)
+    if family is None:
+        problems.add(f"{where} has {what}, an image-text family layerwise does not run. Supported: {supported_text()}")
+        return None
+    archs = raw.get("architectures") or []
+    if archs and family.architecture not in archs:
+        problems.add(f"{where} names the architecture {', '.join(map(str, archs))}, not {family.architecture} "
+                     f"(the {family.name} image-text model layerwise loads). Supported: {supported_text()}")
+    return family
 
 
 def read_safetensors_header(path: Path) -> dict:
@@ -152,7 +145,7 @@ def _missing(folder: Path, name: str) -> str:
     return f"{name} is missing"
 
 
-def _check_weights(folder: Path, num_layers: int | None, problems: _Problems) -> list[Path]:
+def _check_weights(folder: Path, num_layers: int | None, problems: _Problems, family: Family) -> list[Path]:
     """The weight files (checked); problems are added, not raised."""
     if (folder / SAFETENSORS_INDEX).exists() or (folder / SAFETENSORS_INDEX).is_symlink():
         index_path = folder / SAFETENSORS_INDEX
@@ -191,7 +184,7 @@ def _check_weights(folder: Path, num_layers: int | None, problems: _Problems) ->
                          f"(first: {lost[0]}): a shard from another model or revision?")
         names |= keys
     if names and len(present) == len(files):
-        _check_tensor_names(names, num_layers, folder, problems)
+        _check_tensor_names(names, num_layers, folder, problems, family)
     return present
 
 
@@ -223,16 +216,20 @@ def _check_bin_weights(folder: Path, problems: _Problems) -> list[Path]:
     return present
 
 
-def _check_tensor_names(names: set[str], num_layers: int | None, folder: Path, problems: _Problems) -> None:
-    layers = {int(m.group(1)) for name in names if (m := _DECODER_LAYER.search(name))}
-    if layers and not any("vision_tower" in name for name in names):
-        problems.add(f"the weights in {folder} have no vision tower (no tensor named '*vision_tower*'): text-only weights")
+def _check_tensor_names(names: set[str], num_layers: int | None, folder: Path, problems: _Problems,
+                        family: Family) -> None:
+    vision = family.vision_weights
+    layers = {int(m.group(1)) for name in names
+              if vision not in name and "vision" not in name and (m := _DECODER_LAYER.search(name))}
+    if layers and not any(vision in name for name in names):
+        problems.add(f"the weights in {folder} have no vision encoder (no tensor named '*{vision}*', which "
+                     f"{family.name} has): text-only weights")
     if layers and num_layers is not None and layers != set(range(num_layers)):
         problems.add(f"the weights hold decoder layers {min(layers)}..{max(layers)} ({len(layers)} layers) but config.json "
                      f"says num_hidden_layers {num_layers}: weights and config are from different models")
 
 
-def _check_tokenizer_and_processor(folder: Path, raw: dict, problems: _Problems) -> None:
+def _check_tokenizer_and_processor(folder: Path, raw: dict, problems: _Problems, family: Family) -> None:
     if not any((folder / f).is_file() for f in TOKENIZER_FILES):
         problems.add(f"no tokenizer: {' or '.join(TOKENIZER_FILES)} is missing")
     if not (folder / "tokenizer_config.json").is_file():
@@ -251,7 +248,7 @@ def _check_tokenizer_and_processor(folder: Path, raw: dict, problems: _Problems)
             template = template or bool(data.get("chat_template"))
             if name in PROCESSOR_FILES and data.get("image_seq_length") is not None:
                 image_seq_length = data.get("image_seq_length")
-    if not template:
+    if not template and family.prompt_format == CHAT:
         problems.add(f"no chat template: none of {', '.join(CHAT_TEMPLATE_FILES)}, nor a chat_template entry in "
                      "tokenizer_config.json / processor_config.json")
     mm_tokens = raw.get("mm_tokens_per_image")
@@ -313,7 +310,7 @@ def check_model(model: str, revision: str | None = None) -> dict:
         problems.add(f"cannot read the model config: {bad}")
         problems.raise_if_any()
     raw = json.loads(config_path.read_text(encoding="utf-8"))
-    _check_config(raw, folder, problems)
+    family = _check_config(raw, folder, problems)
     problems.raise_if_any()          # the rest presumes a supported configuration
     for path in _model_files(folder):
         if path.suffix == ".json" and path.name != "config.json" and (bad := config_json_problem(path)):
@@ -331,8 +328,8 @@ def check_model(model: str, revision: str | None = None) -> dict:
 
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         problems.add(f"transformers {transformers.__version__} cannot read {config_path} ({first})")
-    weights = _check_weights(folder, num_layers, problems)
-    _check_tokenizer_and_processor(folder, raw, problems)
+    weights = _check_weights(folder, num_layers, problems, family)
+    _check_tokenizer_and_processor(folder, raw, problems, family)
     problems.raise_if_any()
     model_type = str(raw["model_type"])
     return {
@@ -340,7 +337,7 @@ def check_model(model: str, revision: str | None = None) -> dict:
         "revision": resolved,
         "path": str(folder),
         "model_type": model_type,
-        "architecture": SUPPORTED_MODEL_TYPES[model_type][0],
+        "architecture": family.architecture,
         "num_layers": num_layers,
         "hidden_size": hidden_size,
         "max_position_embeddings": max_positions,

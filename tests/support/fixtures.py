@@ -3,6 +3,9 @@
 Layout of a build folder ``OUT``::
 
     OUT/model/               Gemma3ForConditionalGeneration + Gemma3Processor (save_pretrained, float32)
+    OUT/families/<type>/     one tiny real-architecture model + real processor per VLM family (gemma3 = a copy
+                             of OUT/model, paligemma, qwen2_vl, qwen2_5_vl, llava, llava_next, mllama, idefics3,
+                             smolvlm), each with a fixture.json; see tests/support/families.py
     OUT/data/samples.csv     sample_id,image,gender,caption_english,caption_arabic
     OUT/data/images/*.png    varied RGB drawings, 48..96 px (the processor resizes them to 64x64)
     OUT/.fixture-version     stamp written last; see `ensure_fixtures`
@@ -28,7 +31,9 @@ import random
 import shutil
 from pathlib import Path
 
-FIXTURE_VERSION = "1"
+from tests.support import families
+
+FIXTURE_VERSION = "3"  # 3: OUT/families/ (one tiny model per VLM family)
 STAMP_NAME = ".fixture-version"
 SEED = 1234
 N_SAMPLES = 12
@@ -329,14 +334,15 @@ def build_dataset(out_dir, n_samples: int = N_SAMPLES) -> Path:
 
 # ---------------------------------------------------------------- whole build
 def build_all(out_dir, n_samples: int = N_SAMPLES) -> dict[str, Path]:
-    """Build OUT/model and OUT/data in place (no stamp, not atomic: see `ensure_fixtures`)."""
+    """Build OUT/model, OUT/families and OUT/data in place (no stamp, not atomic: see `ensure_fixtures`)."""
     out_dir = Path(out_dir)
     model_dir = build_tokenizer(out_dir / "model")
     build_model(model_dir)  # sizes the vocabulary from the tokenizer as saved
-    samplesheet = build_dataset(out_dir / "data", n_samples)
+    families.build_families(out_dir / families.FAMILIES_DIR, gemma3_dir=model_dir)
+    build_dataset(out_dir / "data", n_samples)
     for path in out_dir.rglob("*"):  # save_pretrained leaves model.safetensors 0600; containers may run as others
         path.chmod(0o755 if path.is_dir() else 0o644)
-    return {"model": model_dir, "samplesheet": samplesheet}
+    return paths(out_dir)
 
 
 def stamp(n_samples: int) -> str:
@@ -347,12 +353,14 @@ def is_built(out_dir, n_samples: int = N_SAMPLES) -> bool:
     out_dir = Path(out_dir)
     stamp_file = out_dir / STAMP_NAME
     return ((out_dir / "model" / "config.json").is_file() and (out_dir / "data" / "samples.csv").is_file()
+            and all((path / families.INFO_NAME).is_file() for path in families.family_paths(out_dir).values())
             and stamp_file.is_file() and stamp_file.read_text() == stamp(n_samples))
 
 
 def paths(out_dir) -> dict[str, Path]:
     out_dir = Path(out_dir)
-    return {"model": out_dir / "model", "samplesheet": out_dir / "data" / "samples.csv"}
+    return {"model": out_dir / "model", "families": out_dir / families.FAMILIES_DIR,
+            "samplesheet": out_dir / "data" / "samples.csv"}
 
 
 def ensure_fixtures(out_dir, n_samples: int = N_SAMPLES, force: bool = False) -> tuple[dict[str, Path], bool]:

@@ -13,6 +13,7 @@ from layerwise.core import schema
 from layerwise.core.errors import LayerwiseError
 from layerwise.core.prompts import load_prompts
 from layerwise.core.sheet import iter_samples
+from layerwise.models.families import FAMILIES
 from layerwise.models.inputs import InputBuilder, load_rgb, selection_mask
 from layerwise.preflight.caption_check import CaptionChecker, check_captions, special_tokens
 from layerwise.preflight.samplesheet import read_samplesheet
@@ -65,7 +66,7 @@ def caption_failure(path, processor, prompts, max_positions=2048, languages=LANG
 
 def test_sequence_lengths_equal_input_builder_masks_for_every_fixture_sample(processor, prompts, samplesheet):
     df = read_samplesheet(samplesheet, LANGUAGES)
-    builder = InputBuilder(processor)
+    builder = InputBuilder(processor, FAMILIES["gemma3"])
     for language in LANGUAGES:
         samples = list(iter_samples(df, language))
         batch = builder.encode([load_rgb(s.image) for s in samples], [prompts[language]] * len(samples),

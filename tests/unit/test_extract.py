@@ -129,7 +129,7 @@ def test_early_exit_stops_after_highest_layer(loaded):
     calls = []
     handles = [m.register_forward_hook(lambda m, a, o, i=i: calls.append(i)) for i, m in enumerate(decoder_layers(loaded.model))]
     try:
-        batch = InputBuilder(loaded.processor).encode([Image.new("RGB", (64, 64))], ["Describe."], ["A cat."],
+        batch = InputBuilder(loaded.processor, loaded.family).encode([Image.new("RGB", (64, 64))], ["Describe."], ["A cat."],
                                                       loaded.device, loaded.dtype)
         with capture_layers(loaded.model, [1]) as captured:
             run_until(loaded.model, **batch.inputs)

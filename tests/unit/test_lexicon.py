@@ -320,7 +320,7 @@ def test_label_writes_a_samplesheet_of_the_male_and_female_rows(tmp_path, capsys
     assert first["label_source"] == "caption_english+caption_arabic"
     assert first["label_scope"] == "caption"
     assert first["label_leaks"] == "caption_english+caption_arabic"
-    assert (first["image_id"], first["caption_index"], first["source_row"]) == ("img/a.jpg", "0", "1")
+    assert (first["image_id"], first["pair_index"], first["source_row"]) == ("img/a.jpg", "0", "1")
     assert (out / first["image"]).resolve() == (tmp_path / "corpus" / "img" / "a.jpg").resolve()
     assert not Path(first["image"]).is_absolute()
     assert "4 samples" in capsys.readouterr().out
@@ -445,7 +445,7 @@ GOOD = "image,en_caption,ar_caption\nimg/a.jpg,A man,رجل\n"
      "row 2 \\(line 3\\), column 'en_caption': empty english caption"),
     ("image,en_caption,ar_caption\nimg/a.jpg,A man,رجل,extra\n", (), "row 1 \\(line 2\\): 4 fields"),
     ('image,en_caption,ar_caption\nimg/a.jpg,"A man,رجل\n', (), "line 2 is not valid CSV"),
-    ("image,en_caption,ar_caption\nimg/zzz.jpg,A man,رجل\n", (), "row 1 \\(line 2\\), column image: 'img/zzz.jpg'"),
+    ("image,en_caption,ar_caption\nimg/zzz.jpg,A man,رجل\n", (), "row 1 \\(line 2\\), column 'image': 'img/zzz.jpg'"),
     ("image,en_caption,ar_caption\nimg/a.jpg,A dog,كلب\n", (), "no row gives a male or female sample"),
     ("image,en_caption,ar_caption\nimg/a.jpg,A man,رجل\n", ("--image-root", "/nonexistent"), "not found"),
 ])

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from layerwise.core.errors import LayerwiseError
-from layerwise.models.loading import SUPPORTED_MODEL_TYPES, read_model_info
+from layerwise.models.families import FAMILIES
+from layerwise.models.loading import read_model_info
 from layerwise.preflight.model_check import check_model, fingerprint, load_processor, read_safetensors_header
 
 COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
@@ -62,7 +63,8 @@ def test_fixture_model_passes_with_its_facts(model):
     assert info["image_tokens"] == 16 and info["weight_files"] == ["model.safetensors"]
     assert info["weight_bytes"] == (model / "model.safetensors").stat().st_size
     assert info["fingerprint"].startswith("sha256:") and len(info["fingerprint"]) == 71
-    assert set(SUPPORTED_MODEL_TYPES) == {"gemma3"}
+    assert set(FAMILIES) == {"gemma3", "paligemma", "qwen2_vl", "qwen2_5_vl", "llava", "llava_next", "mllama",
+                             "idefics3", "smolvlm"}
 
 
 def test_sharded_model_passes(model):
@@ -104,10 +106,14 @@ def test_missing_config_json(model):
 
 
 def test_text_only_gemma3_is_refused(model):
-    edit_config(model, lambda c: c.update(model_type="gemma3_text", architectures=["Gemma3ForCausalLM"]))
+    def text_only(c):   # what a text-only checkpoint's config.json holds: no vision_config
+        c.update(model_type="gemma3_text", architectures=["Gemma3ForCausalLM"])
+        c.pop("vision_config")
+    edit_config(model, text_only)
     msg = failure(model)
-    assert "gemma3_text" in msg and "text-only" in msg and "no vision tower" in msg
-    assert "Gemma3ForConditionalGeneration" in msg and str(model / "config.json") in msg
+    assert "gemma3_text" in msg and "text-only" in msg and "no vision_config" in msg
+    assert "Supported image-text families" in msg and str(model / "config.json") in msg
+    assert all(family.name in msg for family in FAMILIES.values())
 
 
 def test_gemma3_config_without_vision_config_is_refused(model):
@@ -116,12 +122,13 @@ def test_gemma3_config_without_vision_config_is_refused(model):
     assert "no vision_config" in msg and str(model / "config.json") in msg
 
 
-@pytest.mark.parametrize("model_type", ["llama", "paligemma", "", "gemma2"])
+@pytest.mark.parametrize("model_type", ["llama", "blip-2", "", "gemma2"])
 def test_unsupported_model_types_list_what_is_supported(model, model_type):
     edit_config(model, lambda c: c.update(model_type=model_type))
     msg = failure(model)
     assert (repr(model_type) if model_type else "no model_type") in msg
-    assert "Supported: model_type 'gemma3' (Gemma3ForConditionalGeneration" in msg
+    assert "image-text family layerwise does not run. Supported: gemma3 (Gemma 3" in msg
+    assert all(f"{mt} (" in msg for mt in FAMILIES)
 
 
 def test_wrong_architecture_name_is_refused(model):
@@ -135,7 +142,7 @@ def test_text_only_weights_under_an_image_text_config(model):
     tensors = load_file(model / "model.safetensors")
     save_file({k: v for k, v in tensors.items() if "vision_tower" not in k}, model / "model.safetensors",
               metadata={"format": "pt"})
-    assert "no vision tower" in failure(model)
+    assert "no vision encoder" in failure(model) and "'*vision_tower*'" in failure(model)
 
 
 def test_config_and_weights_disagree_on_layers(model):

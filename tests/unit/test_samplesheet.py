@@ -281,7 +281,19 @@ def test_default_prompts_file():
     assert set(prompts) >= {"english", "arabic"}
     assert any("\u0600" <= ch <= "\u06ff" for ch in prompts["arabic"])   # Arabic script
     raw = json.loads(default_prompts_path().read_text(encoding="utf-8"))
-    assert all(set(v) == {"prompt", "name"} for v in raw.values())
+    assert all({"prompt", "name"} <= set(v) <= {"prompt", "name", "families"} for v in raw.values())
+
+
+def test_a_family_gets_its_own_prompt_where_the_file_names_one(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"english": {"prompt": "Describe.", "families": {"paligemma": "caption en"}},
+                                "arabic": {"prompt": "صف."}}), encoding="utf-8")
+    assert load_prompts(path) == {"english": "Describe.", "arabic": "صف."}
+    assert load_prompts(path, "paligemma") == {"english": "caption en", "arabic": "صف."}
+    assert load_prompts(path, "qwen2_vl") == {"english": "Describe.", "arabic": "صف."}
+    path.write_text(json.dumps({"english": {"prompt": "Describe.", "families": {"paligemma": ""}}}), encoding="utf-8")
+    with pytest.raises(LayerwiseError, match="families"):
+        load_prompts(path)
 
 
 def test_adding_a_language_is_one_entry(tmp_path):
