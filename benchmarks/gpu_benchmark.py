@@ -114,6 +114,10 @@ HALF = [0.5, 0.5, 0.5]
 BICUBIC, BILINEAR, LANCZOS = 3, 2, 1       # PIL resampling ids, as the hub preprocessor configs write them
 FLICKR_PX = (500, 375)                     # Flickr8K's usual photo size (the researchers' data), width x height
 
+# The checkpoint each full-size configuration copies (the family table's first example, except SmolVLM: its first
+# example, HuggingFaceTB/SmolVLM-Instruct, is published as model_type idefics3 (unsure); SmolVLM2 is `smolvlm`).
+HUB_IDS = {"smolvlm": "HuggingFaceTB/SmolVLM2-2.2B-Instruct"}
+
 # Published parameter counts (the hub's safetensors total, in billions), the reference for --meta.
 PUBLISHED_PARAMS_B = {
     "gemma3": 4.30,        # google/gemma-3-4b-it: 4,300,079,472 (checked: facts.md)
@@ -405,7 +409,7 @@ def family_spec(model_type: str, smoke: bool) -> dict:
         return tiny_spec() if smoke else dict(GEMMA3_4B)
     from layerwise.models.families import family_of
 
-    hub = family_of(model_type, "--model-type").examples[0]
+    hub = HUB_IDS.get(model_type) or family_of(model_type, "--model-type").examples[0]
     return {"name": f"tiny {model_type} (fixture architecture, smoke)" if smoke else f"{hub.split('/')[-1]} (random init)",
             "model_type": model_type, "hub": hub, "display": hub.split("/")[-1], "image_px": 0 if smoke else FLICKR_PX,
             "params": None}
@@ -1483,7 +1487,7 @@ def main() -> int:
         "smoke": args.smoke, "dry_run": args.smoke,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "transformers": transformers.__version__, "model": spec["name"],
-        "model_type": spec["model_type"], "hub_id": spec["hub"],
+        "model_type": spec["model_type"], "hub_id": spec["hub"], "image_px": image_wh(spec["image_px"]),
         "parameters": params, "parameter_breakdown": counts,
         "published_parameters_b": None if args.smoke else PUBLISHED_PARAMS_B[spec["model_type"]],
         "tokens_per_sample": ({lang: round(bench.data.tokens[lang] / args.samples, 1) for lang in LANGS}
