@@ -32,6 +32,7 @@ workflow {
         PIPELINE_INITIALISATION.out.image_cache,
         PIPELINE_INITIALISATION.out.execution_env,
         PIPELINE_INITIALISATION.out.sae_options,
+        PIPELINE_INITIALISATION.out.intervention_options,
     )
 
     // All versions.yml -> pipeline_info/software_versions.yml

@@ -734,6 +734,21 @@ def disk_check(directory: Path, nbytes: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------ bench
+class ForwardImageCount:
+    """Images through the vision tower of a family without a feature cache: one per sample and forward (counted by
+    `Bench._count_forward`), from when this counter was made."""
+
+    def __init__(self, bench):
+        self.bench, self.start = bench, bench.forward_images
+
+    @property
+    def images(self) -> int:
+        return self.bench.forward_images - self.start
+
+    def close(self) -> None:
+        pass
+
+
 class Bench:
     def __init__(self, args, spec, model, processor, device, dtype, work: Path, data: Data):
         import inspect
@@ -836,19 +851,7 @@ class Bench:
 
         if self.cache:
             return VisionCallCounter(self.model, self.family.vision_module)
-        bench = self
-
-        class ForwardCount:
-            start = self.forward_images
-
-            @property
-            def images(self) -> int:
-                return bench.forward_images - self.start
-
-            def close(self) -> None:
-                pass
-
-        return ForwardCount()
+        return ForwardImageCount(self)
 
     def forward_capture(self, inputs: dict, features) -> dict:
         import torch

@@ -1,4 +1,5 @@
-"""The `sae_options` and `analysis_options` groups of nextflow_schema.json, derived from their owners.
+"""The `sae_options`, `analysis_options` and `intervention_options` groups of nextflow_schema.json, derived
+from their owners.
 
 `layerwise.sae.options.SAEOptions` owns every SAE option (name, default, allowed values), and
 `layerwise.analysis.run.Options` the defaults of the analysis. The pipeline exposes them as params
@@ -57,7 +58,29 @@ def analysis_group() -> dict[str, Any]:
             "properties": props}
 
 
-GROUPS = {"sae_options": sae_group, "analysis_options": analysis_group}
+INTERVENTION_PREFIX = "intervention_"
+INTERVENTION_SWITCH = {"intervene": {
+    "type": "boolean", "default": False, "fa_icon": "fas fa-cut",
+    "description": "Causal intervention (needs --sae): ablate the SAE latents that carry gender while the model "
+                   "writes captions, against random latents matched by firing rate; <outdir>/intervention/ "
+                   "(docs/intervention.md).",
+}}
+
+
+def intervention_group() -> dict[str, Any]:
+    from layerwise.intervention.options import option_specs
+
+    props = dict(INTERVENTION_SWITCH)
+    for name, spec in option_specs().items():
+        props[INTERVENTION_PREFIX + name] = {**spec, "fa_icon": "fas fa-sliders-h"}
+    return {"title": "Intervention options", "type": "object", "fa_icon": "fas fa-cut",
+            "description": "The intervention stage (--intervene): every option of "
+                           "layerwise.intervention.options.InterventionOptions as intervention_<option> "
+                           "(docs/intervention.md).",
+            "properties": props}
+
+
+GROUPS = {"sae_options": sae_group, "analysis_options": analysis_group, "intervention_options": intervention_group}
 
 
 def derived_groups() -> dict[str, dict[str, Any]]:

@@ -163,7 +163,7 @@ class LayerwiseUtils {
      */
     static Map verifiedLayerFiles(Path outdir) {
         try {
-            Path meta = outdir.resolve(LayerwiseOutdir.METADATA)
+            Path meta = outdir.resolve(LayerwiseOutdir.name('metadata'))
             if (!Files.isRegularFile(meta)) return [status: 'missing', files: 0]
             Map m = new groovy.json.JsonSlurper().parse(meta.toFile()) as Map
             int n = (m.status in ['passed', 'stub']) ? (m.published ?: []).count { it instanceof Map && it.layer != null } as int : 0

@@ -3,6 +3,8 @@
  *   EXTRACTION   PREFLIGHT (CPU) -> EXTRACT_ACTIVATIONS (GPU, one job per unit) -> PUBLISH_RESULTS (CPU)
  *   SAE_TRAINING [--sae] TRAIN_SAE (GPU, one job per layer, or per layer and language) -> PUBLISH_SAE (CPU)
  *   ANALYSIS     [--analysis] ANALYZE_LAYERS (CPU, one job; after the SAEs when they are trained)
+ *   INTERVENTION [--intervene] SELECT_LATENTS (CPU) -> GENERATE_CAPTIONS (GPU, per condition and chunk of runs)
+ *                -> SUMMARIZE_INTERVENTION (CPU)
  * Every stage after publishing reads published, verified outputs only (the PUBLISH_* records).
  * The CLI contracts of the processes are in docs/architecture.md.
  */
@@ -10,6 +12,7 @@
 include { EXTRACTION   } from '../subworkflows/local/extraction'
 include { SAE_TRAINING } from '../subworkflows/local/sae_training'
 include { ANALYSIS     } from '../subworkflows/local/analysis'
+include { INTERVENTION } from '../subworkflows/local/intervention'
 
 workflow LAYERWISE {
 
@@ -23,9 +26,11 @@ workflow LAYERWISE {
     image_cache        // value channel: image-feature cache folder ('' = none: --share_image_features false)
     execution_env      // value channel: file of execution-only settings the extraction jobs source
     sae_options        // value channel: JSON object of SAE options ('' without --sae)
+    intervention_options // value channel: JSON object of intervention options ('' without --intervene)
 
     main:
-    EXTRACTION(ch_samplesheet, ch_prompts, ch_model, ch_spec, digests, outdir, image_cache, execution_env, sae_options)
+    EXTRACTION(ch_samplesheet, ch_prompts, ch_model, ch_spec, digests, outdir, image_cache, execution_env, sae_options,
+               intervention_options)
     ch_versions = EXTRACTION.out.versions
 
     ch_saes = Channel.value([])
@@ -38,6 +43,12 @@ workflow LAYERWISE {
     if (params.analysis) {
         ANALYSIS(EXTRACTION.out.published, ch_saes, digests)
         ch_versions = ch_versions.mix(ANALYSIS.out.versions)
+    }
+
+    if (params.intervene) {
+        INTERVENTION(EXTRACTION.out.published, ch_saes, EXTRACTION.out.plan, ch_prompts, ch_model,
+                     intervention_options, digests)
+        ch_versions = ch_versions.mix(INTERVENTION.out.versions)
     }
 
     emit:

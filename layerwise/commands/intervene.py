@@ -72,11 +72,11 @@ def main(argv=None) -> int:
                 continue
             edits = {int(layer): (saes[int(layer)], latents) for layer, latents in run["latents"].items()}
             with latent_hooks(loaded.model, edits, hook=options.hook, scale=options.scale,
-                              positions=options.positions) as fired:
+                              positions=options.positions) as hooks:
                 captions_of[run["run"]] = generate_captions(loaded, images, prompt,
                                                             max_new_tokens=options.max_new_tokens,
-                                                            batch_size=options.batch_size, hooks=fired)
-            silent = [layer for layer in edits if not fired.calls.get(layer)]
+                                                            batch_size=options.batch_size, hooks=hooks)
+            silent = [layer for layer in edits if not hooks.fired.get(layer)]
             if silent:   # the research scripts once hooked a copy of the model: a hook must be seen to fire
                 raise LayerwiseError(f"job {job.id} run {run['run']}: the hook on layer(s) {silent} never fired")
     records = []

@@ -26,6 +26,8 @@ def parse_args(argv=None):
                    help="plan only (for -stub-run): the same planner, without decoding images or checking weights")
     p.add_argument("--sae-options", type=Path, default=None,
                    help="JSON object of SAE options (--sae): checked against the model and the samples")
+    p.add_argument("--intervention-options", type=Path, default=None,
+                   help="JSON object of intervention options (--intervene): checked against the model and the layers")
     p.add_argument("--out-dir", "--out_dir", dest="out_dir", required=True)
     return p.parse_args(argv)
 
@@ -55,6 +57,22 @@ def check_sae_options(path: Path, d_in: int, df) -> str:
         raise SAEOptionsError(f"{exc} (pipeline parameter{'s' if len(named) > 1 else ''}: {params})") from None
     return (f"{options.architecture}, d_sae {d_sae} (d_in {d_in}), kinds {','.join(options.kept_kind_names())}, "
             f"validation fraction {options.validation_fraction} of the samples")
+
+
+def check_intervention_options(path: Path, num_layers: int, layers: list[int]) -> None:
+    """Every intervention option valid, and the hooked layers among the extracted ones (each gets an SAE)."""
+    import json
+
+    from layerwise.core.errors import LayerwiseError
+    from layerwise.intervention.options import InterventionOptions
+    from layerwise.intervention.plan import resolve_layers
+
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LayerwiseError(f"{path}: cannot read the intervention options: {exc}") from exc
+    options = InterventionOptions.from_mapping(values)
+    resolve_layers(options.layers, num_layers, layers)
 
 
 def main(argv=None) -> int:
@@ -92,6 +110,8 @@ def main(argv=None) -> int:
                        family=family_of(info["model_type"]))
     plan = make_plan(df, info, args.layers, languages, args.layer_groups, args.samples_per_task, prompts=prompts)
     sae_note = check_sae_options(args.sae_options, info["hidden_size"], df) if args.sae_options else None
+    if args.intervention_options:
+        check_intervention_options(args.intervention_options, info["num_layers"], plan["layers"])
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,7 @@ def main(argv=None) -> int:
     options = read_options(args.options_json)            # checked before anything heavy is imported
     import pandas as pd
 
+    from layerwise.core import schema
     from layerwise.core.atomic import atomic_path
     from layerwise.core.errors import LayerwiseError
     from layerwise.core.sheet import read_valid_samplesheet
@@ -64,6 +65,12 @@ def main(argv=None) -> int:
     folders = sae_folders(args.sae_dir)
     files: dict[tuple[int, str], Path] = {}
     for path in args.layer_files:
+        if args.stub:   # a stub run's layer files are placeholders: their names say what they are
+            key = schema.parse_layer_filename(path.name)
+            if key is None:
+                raise LayerwiseError(f"{path}: not a layer file name (layer_<L>_<language>.pt)")
+            files[key] = path
+            continue
         lf = open_layer_file(path)
         files[(lf.layer, lf.language)] = path
     languages = sorted({lang for _, lang in files})

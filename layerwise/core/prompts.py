@@ -2,9 +2,10 @@
 
 The file maps a language key (lower case, ``[a-z][a-z_]*``; it also names the samplesheet
 column ``caption_<language>`` and the output files ``layer_{L}_{language}.pt``) to an entry
-``{"prompt": "...", "name": "Display name", "families": {"<model_type>": "..."}}``: ``prompt`` is the
-instruction every model family gets, ``families`` the prompt of a family that expects its own (PaliGemma's
-checkpoints are trained on task prefixes such as ``caption en``). Adding a language means adding one entry
+``{"prompt": "...", "name": "Display name", "generation": "...", "families": {"<model_type>": "..."}}``:
+``prompt`` is the instruction every model family gets with the caption (extraction), ``generation`` the one the
+intervention stage asks it to write a caption with (default: ``prompt``), ``families`` the prompt of a family that
+expects its own for both (PaliGemma's checkpoints are trained on task prefixes such as ``caption en``). Adding a language means adding one entry
 (and a ``caption_<language>`` column to the samplesheet). A bare string value is accepted as the prompt.
 """
 from __future__ import annotations
@@ -61,6 +62,25 @@ def load_prompts(path: str | Path | None = None, model_type: str | None = None) 
                                  "non-empty prompts")
         prompts[language] = families.get(model_type, prompt) if model_type else prompt
     return prompts
+
+
+def generation_prompt(language: str, path: str | Path | None = None, model_type: str | None = None) -> str:
+    """The prompt the model writes a caption for (the intervention stage): the entry's ``generation`` (default:
+    its ``prompt``), or its family's own prompt where the entry names one."""
+    path = Path(path) if path is not None else default_prompts_path()
+    load_prompts(path, model_type)                     # the file's checks
+    entry = _read_entries(path).get(language)
+    if entry is None:
+        raise LayerwiseError(f"no prompt for language {language!r} in {path}")
+    if not isinstance(entry, dict):
+        return entry
+    families = entry.get("families", {})
+    if model_type in families:
+        return families[model_type]
+    text = entry.get("generation", entry["prompt"])
+    if not isinstance(text, str) or not text.strip():
+        raise LayerwiseError(f'prompts file {path}: language {language!r}: "generation" must be a non-empty string')
+    return text
 
 
 def prompt_for(language: str, prompts: dict[str, str]) -> str:

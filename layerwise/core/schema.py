@@ -41,6 +41,14 @@ def layer_filename(layer: int, language: str) -> str:
     return f"layer_{layer}_{language}.pt"
 
 
+def parse_layer_filename(name: str) -> tuple[int, str] | None:
+    """(layer, language) of a `layer_filename`, or None for any other name."""
+    import re
+
+    m = re.fullmatch(r"layer_(\d+)_([a-z][a-z_]*)\.pt", name)
+    return (int(m.group(1)), m.group(2)) if m else None
+
+
 def combined_filename(language: str) -> str:
     return f"activations_{language}_all_layers.pt"
 

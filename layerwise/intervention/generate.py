@@ -17,11 +17,14 @@ row's generated tokens start at the same position: the prefill pass is the promp
 skipped, stripped.
 
 Determinism: the same inputs give identical captions on a re-run (greedy, no sampling). In float32 on CPU the
-caption of an image does not depend on its batch neighbours or order in any family fixture (gemma3, paligemma,
-qwen2_vl, qwen2_5_vl, llava, llava_next, mllama, idefics3, smolvlm): the left-padded rows get their own
-position ids from the attention mask, and the first-step logits agree with batch size 1 to ~1e-6
-(tests/unit/test_intervention_hooks.py). In bfloat16 on a GPU, batch shape can change the kernels' rounding,
-so a near-tie may resolve differently with other neighbours; re-runs with the same batches stay identical.
+tokens of an image do not depend on its batch neighbours, its place in the batch or the batch size in any family
+fixture (gemma3, paligemma, qwen2_vl, qwen2_5_vl, llava, llava_next, mllama, idefics3, smolvlm;
+tests/unit/test_intervention_hooks.py): the left-padded rows get their position ids from the attention mask,
+and the per-step scores of 7 images batched agreed with batch size 1 to < 1e-6. Only the families with
+image-dependent token counts (Qwen2-VL, Qwen2.5-VL, LLaVA-NeXT, Idefics3, SmolVLM) pad at all; the others give
+every image the same prompt length. Not measured: bfloat16 on a GPU, where the batch shape can change the
+kernels' rounding, so a near-tie may resolve differently with other neighbours (re-runs with the same batches
+stay identical).
 """
 from __future__ import annotations
 

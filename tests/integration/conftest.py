@@ -37,8 +37,9 @@ def assert_ok(run: PipelineRun) -> PipelineRun:
 
 @dataclass
 class FinishedRun:
-    """The shared run: `extraction` (-profile test --analysis false) then `trained` (-resume --sae: SAEs and the
-    analysis on the published files, nothing re-extracted), in one launch, work and output directory."""
+    """The shared run: `extraction` (-profile test --analysis false) then `trained` (-resume --sae --intervene: SAEs,
+    the analysis and the intervention on the published files, nothing re-extracted), in one launch, work and
+    output directory."""
 
     extraction: PipelineRun
     trained: PipelineRun
@@ -64,5 +65,5 @@ def finished_run(tmp_path_factory, fixture_dir) -> FinishedRun:
     with quiet_offline_trainer():
         extraction = assert_ok(run_pipeline(base, "--analysis", "false", timeout=RUN_TIMEOUT))
         digest = output_digest(extraction.outdir)     # before the second run republishes into the same outdir
-        trained = assert_ok(run_pipeline(base, "--sae", resume=True, timeout=RUN_TIMEOUT))
+        trained = assert_ok(run_pipeline(base, "--sae", "--intervene", resume=True, timeout=RUN_TIMEOUT))
     return FinishedRun(extraction, trained, digest, pd.read_parquet(trained.outdir / "sae" / "metrics.parquet"))

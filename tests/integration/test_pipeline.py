@@ -40,11 +40,14 @@ from tests.support.pipeline_helpers import (
 
 LANGUAGES = ("english", "arabic")
 NUM_LAYERS, HIDDEN, N_SAMPLES = 6, 64, 12
-PROCESSES = ("PREFLIGHT", "EXTRACT_ACTIVATIONS", "PUBLISH_RESULTS", "TRAIN_SAE", "PUBLISH_SAE", "ANALYZE_LAYERS")
+PROCESSES = ("PREFLIGHT", "EXTRACT_ACTIVATIONS", "PUBLISH_RESULTS", "TRAIN_SAE", "PUBLISH_SAE", "ANALYZE_LAYERS",
+             "SELECT_LATENTS", "GENERATE_CAPTIONS", "SUMMARIZE_INTERVENTION")
 # -profile test --analysis false: layer_groups 2 (0-2, 3-5) x 2 languages x 2 shards of 6 samples
 EXPECTED_TASKS = {"PREFLIGHT": 1, "EXTRACT_ACTIVATIONS": 8, "PUBLISH_RESULTS": 1}
 # ... with --sae (one SAE per layer, languages pooled) and the analysis
 EXPECTED_SAE_TASKS = {**EXPECTED_TASKS, "TRAIN_SAE": NUM_LAYERS, "PUBLISH_SAE": 1, "ANALYZE_LAYERS": 1}
+# ... and --intervene with the test profile's options: 2 baselines, 2 targeted (within), 1 chunk of random runs x 2
+EXPECTED_ALL_TASKS = {**EXPECTED_SAE_TASKS, "SELECT_LATENTS": 1, "GENERATE_CAPTIONS": 6, "SUMMARIZE_INTERVENTION": 1}
 # PREFLIGHT and the PUBLISH_* tasks always run (they check inputs and outdir as they are now)
 ALWAYS_RUN = ("PREFLIGHT", "PUBLISH_RESULTS", "PUBLISH_SAE")
 RUN_TIMEOUT = 900          # seconds for one full run (about 1-2 minutes on an idle 2-core machine)
@@ -78,7 +81,7 @@ def counts_by_process(rows) -> dict[str, int]:
 # -- 1. stub run -----------------------------------------------------------------------------------
 def test_stub_run_walks_the_whole_graph(tmp_path, fixture_dir):
     """Every stage (with one SAE per layer and language), with the real planner."""
-    run = run_pipeline(tmp_path, "--sae", "--sae_per_language", stub=True, timeout=RUN_TIMEOUT)
+    run = run_pipeline(tmp_path, "--sae", "--sae_per_language", "--intervene", stub=True, timeout=RUN_TIMEOUT)
     assert_ok(run)
     out = run.outdir
     for name in LAYER_FILES + ["extraction_metadata.json", "pipeline_info/software_versions.yml"]:
@@ -89,7 +92,7 @@ def test_stub_run_walks_the_whole_graph(tmp_path, fixture_dir):
         f"L{g}_{lang}_s{s}" for g in ("0-2", "3-5") for lang in LANGUAGES for s in (0, 1)]
     assert sorted(p.name for p in (out / "layer_checkpoints").iterdir()) == sorted(Path(n).name for n in LAYER_FILES)
     rows = run.trace()
-    per_language = {**EXPECTED_SAE_TASKS, "TRAIN_SAE": NUM_LAYERS * len(LANGUAGES)}
+    per_language = {**EXPECTED_ALL_TASKS, "TRAIN_SAE": NUM_LAYERS * len(LANGUAGES)}
     assert counts_by_process(rows) == per_language, rows
     assert status_counts(rows) == {"COMPLETED": sum(per_language.values())}
     tags = sorted(r["tag"] for r in rows_of(rows, "TRAIN_SAE"))
@@ -142,7 +145,7 @@ def test_metadata_json(finished_run):
     # every published file is listed, with its checksum, and nothing else
     published = {r["path"]: r for r in meta["published"]}
     present = {p.relative_to(finished_run.outdir).as_posix() for p in finished_run.outdir.rglob("*") if p.is_file()}
-    managed = {p for p in present if not p.startswith(("pipeline_info/", "analysis/", "sae/")) or p.rsplit("/", 1)[-1] in
+    managed = {p for p in present if not p.startswith(("pipeline_info/", "analysis/", "sae/", "intervention/")) or p.rsplit("/", 1)[-1] in
                ("plan.json", "samplesheet.valid.csv")} - {"extraction_metadata.json"}   # analysis/, sae/: later stages
     assert set(published) == managed, set(published) ^ managed
     for rel, rec in published.items():
@@ -262,13 +265,13 @@ def test_resume_after_success_reruns_nothing_and_repairs_published_files(finishe
         fh.truncate(truncated.stat().st_size // 2)
     deleted.unlink()
     with quiet_offline_trainer():
-        again = run_pipeline(finished_run.launchdir, "--sae", workdir=finished_run.workdir, outdir=out, resume=True,
-                             timeout=RUN_TIMEOUT)
+        again = run_pipeline(finished_run.launchdir, "--sae", "--intervene", workdir=finished_run.workdir, outdir=out,
+                             resume=True, timeout=RUN_TIMEOUT)
     assert_ok(again)
     assert again.trace_file is not None and again.trace_file != finished_run.trained.trace_file
     rows = again.trace()
-    assert counts_by_process(rows) == EXPECTED_SAE_TASKS
-    for r in rows:   # every job is reused: extraction, SAE training and the analysis
+    assert counts_by_process(rows) == EXPECTED_ALL_TASKS
+    for r in rows:   # every job is reused: extraction, SAE training, the analysis and the intervention
         want = "COMPLETED" if process_name(r) in ALWAYS_RUN else "CACHED"
         assert r["status"] == want, (process_name(r), r["status"], status_counts(rows))
     # the shards' files are merged into place again: both repaired, identical to the first run

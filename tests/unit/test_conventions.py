@@ -107,7 +107,7 @@ def test_broken_nf_test_specs_fail_the_check(tmp_path, fixture_dir):
                             "process MERGE_ACTIVATIONS is not defined"),
         "wrong_emit": (_variant(extract, "process.out.unit[0]", "process.out.layers[0]"),
                        "process.out.layers: EXTRACT_ACTIVATIONS emits unit, versions"),
-        "missing_input": (_variant(preflight, "input[4] = 'nf-test'", ""), "declares 6 input(s)"),
+        "missing_input": (_variant(preflight, "input[4] = 'nf-test'", ""), "declares 7 input(s)"),
         "meta_key_missing": (_variant(extract, ", model_fingerprint: 'stub:fixture'", ""), "lacks model_fingerprint"),
         "param_type": (_variant(pipeline, "layer_groups     = '1'", "layer_groups     = 1"),
                        "params.layer_groups = 1 is integer, nextflow_schema.json says string"),

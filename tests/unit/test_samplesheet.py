@@ -281,7 +281,7 @@ def test_default_prompts_file():
     assert set(prompts) >= {"english", "arabic"}
     assert any("\u0600" <= ch <= "\u06ff" for ch in prompts["arabic"])   # Arabic script
     raw = json.loads(default_prompts_path().read_text(encoding="utf-8"))
-    assert all({"prompt", "name"} <= set(v) <= {"prompt", "name", "families"} for v in raw.values())
+    assert all({"prompt", "name"} <= set(v) <= {"prompt", "name", "generation", "families"} for v in raw.values())
 
 
 def test_a_family_gets_its_own_prompt_where_the_file_names_one(tmp_path):
@@ -291,6 +291,12 @@ def test_a_family_gets_its_own_prompt_where_the_file_names_one(tmp_path):
     assert load_prompts(path) == {"english": "Describe.", "arabic": "صف."}
     assert load_prompts(path, "paligemma") == {"english": "caption en", "arabic": "صف."}
     assert load_prompts(path, "qwen2_vl") == {"english": "Describe.", "arabic": "صف."}
+    from layerwise.core.prompts import generation_prompt
+
+    path.write_text(json.dumps({"english": {"prompt": "Describe.", "generation": "Caption it.",
+                                            "families": {"paligemma": "caption en"}}}), encoding="utf-8")
+    assert generation_prompt("english", path) == "Caption it."
+    assert generation_prompt("english", path, "paligemma") == "caption en"
     path.write_text(json.dumps({"english": {"prompt": "Describe.", "families": {"paligemma": ""}}}), encoding="utf-8")
     with pytest.raises(LayerwiseError, match="families"):
         load_prompts(path)

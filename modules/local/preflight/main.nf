@@ -20,6 +20,7 @@ process PREFLIGHT {
     val spec                                // [layers:, languages:, layer_groups:, samples_per_task:]
     val source_digest                       // digest of layerwise/**.py
     val sae_options                         // JSON object of the SAE options (--sae), '' = no SAE training
+    val intervention_options                // JSON object of the intervention options (--intervene), '' = none
 
     output:
     path 'plan.json'            , emit: plan
@@ -34,9 +35,13 @@ process PREFLIGHT {
     def args = task.ext.args ?: ''
     def rev  = revision ? "--revision '${revision}'" : ''
     def sae  = sae_options ? '--sae-options sae_options.json' : ''
+    def intervention = intervention_options ? '--intervention-options intervention_options.json' : ''
     """
     cat > sae_options.json <<'END_OPTIONS'
     ${sae_options}
+    END_OPTIONS
+    cat > intervention_options.json <<'END_OPTIONS'
+    ${intervention_options}
     END_OPTIONS
 
     layerwise-preflight \\
@@ -48,7 +53,7 @@ process PREFLIGHT {
         --samples-per-task ${spec.samples_per_task} \\
         --prompts ${prompts} \\
         --out-dir . \\
-        ${sae} ${args}
+        ${sae} ${intervention} ${args}
 
     layerwise-versions '${task.process}' torch transformers > versions.yml
     """

@@ -20,6 +20,7 @@ workflow EXTRACTION {
     image_cache        // value channel: image-feature cache folder ('' = none: --share_image_features false)
     execution_env      // value channel: file of execution-only settings the extraction jobs source
     sae_options        // value channel: JSON object of SAE options ('' without --sae), checked by PREFLIGHT
+    intervention_options // value channel: JSON object of intervention options ('' without --intervene), checked by PREFLIGHT
 
     main:
     ch_versions = Channel.empty()
@@ -28,7 +29,8 @@ workflow EXTRACTION {
     // Plan: validated samplesheet + plan.json (layer groups x languages x sample shards) + one input
     // sheet per unit (the rows and the caption column it reads, with each image's sha256)
     //
-    PREFLIGHT(ch_samplesheet, ch_prompts, ch_model, ch_spec, digests.map { it.preflight }, sae_options)
+    PREFLIGHT(ch_samplesheet, ch_prompts, ch_model, ch_spec, digests.map { it.preflight }, sae_options,
+              intervention_options)
     ch_versions = ch_versions.mix(PREFLIGHT.out.versions)
 
     ch_plan_file   = PREFLIGHT.out.plan          // value channel (all PREFLIGHT inputs are values)

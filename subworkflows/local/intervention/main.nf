@@ -32,11 +32,13 @@ workflow INTERVENTION {
     SELECT_LATENTS(ch_inputs, ch_saes, options, ch_num_layers, digests.map { it.intervention })
     ch_versions = ch_versions.mix(SELECT_LATENTS.out.versions)
 
+    // one line of JSON per job (the task script writes it back with a here-document)
     ch_jobs = SELECT_LATENTS.out.jobs
         .flatten()
-        .map { f -> [f.baseName, f.text] }
-    ch_evaluation = SELECT_LATENTS.out.selection
+        .map { f -> [f.baseName, groovy.json.JsonOutput.toJson(new groovy.json.JsonSlurperClassic().parse(f.toFile()))] }
+    ch_evaluation = SELECT_LATENTS.out.selection      // a value: every job reads it
         .map { d -> def f = d.resolve('evaluation.csv'); [f.bytes.digest('SHA-256'), f] }
+        .first()
     GENERATE_CAPTIONS(ch_jobs, ch_evaluation, ch_saes, ch_prompts, ch_model, options, digests.map { it.intervention })
     ch_versions = ch_versions.mix(GENERATE_CAPTIONS.out.versions)
 

@@ -43,6 +43,7 @@ workflow SAE_TRAINING {
         .combine(ch_trained.map { dirs -> [dirs] })
         .combine(outdir)
         .map { _published, dirs, out -> dirs.collect { d -> file("${out}/sae/${d.name}") } }
+        .first()                // a value: every job of the later stages reads it
 
     emit:
     saes     = ch_saes          // the published SAE folders, sorted by layer and language

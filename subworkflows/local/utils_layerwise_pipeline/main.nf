@@ -20,6 +20,7 @@ workflow PIPELINE_INITIALISATION {
     image_cache = Channel.value(init.image_cache)   // image-feature cache folder, '' = none
     execution_env = Channel.value(init.execution_env) // file the extraction jobs source: batch size, checkpoint interval
     sae_options = Channel.value(init.sae_options)   // JSON object of the SAE options ('' without --sae)
+    intervention_options = Channel.value(init.intervention_options)   // JSON object ('' without --intervene)
 }
 
 /**
@@ -76,7 +77,8 @@ def initialise() {
         if (busy) error("ERROR: ${busy}")
         workflow.onComplete { LayerwiseOutdir.unlock(outdirPath, owner) }
         LayerwiseOutdir.prepare(outdirPath, workflow.runName).each { log.warn it }
-        def rewritten = (params.sae ? ['sae/metrics.parquet', 'sae/report.html'] : []) + (params.analysis ? ['analysis'] : [])
+        def rewritten = (params.sae ? ['sae/metrics.parquet', 'sae/report.html'] : []) + (params.analysis ? ['analysis'] : []) +
+                        (params.intervene ? ['intervention'] : [])
         LayerwiseOutdir.supersede(outdirPath, rewritten).each { log.info it }
     }
 
@@ -104,6 +106,7 @@ def initialise() {
             (params.image_cache ?: "${workflow.workDir}/layerwise-image-features").toString() : '',
         execution_env: writeExecutionEnv(),
         sae_options: params.sae ? saeOptionsJson(schema) : '',
+        intervention_options: params.intervene ? groupOptionsJson(schema, 'intervention_options', 'intervention_', ['intervene']) : '',
     ]
 }
 
@@ -115,6 +118,16 @@ def initialise() {
 def saeOptionsJson(LayerwiseSchema schema) {
     def names = schema.groupParams('sae_options').findAll { it.startsWith('sae_') && it != 'sae_per_language' }
     def options = new TreeMap(names.collectEntries { [(it.substring(4)): params[it]] })
+    return groovy.json.JsonOutput.toJson(options)
+}
+
+/**
+ * The options of a stage as a JSON object: every <prefix><option> param of the schema group `group` (the stage's
+ * options class owns names, defaults and checks; PREFLIGHT checks them against the model before any job).
+ */
+def groupOptionsJson(LayerwiseSchema schema, String group, String prefix, List<String> switches) {
+    def names = schema.groupParams(group).findAll { it.startsWith(prefix) && !(it in switches) }
+    def options = new TreeMap(names.collectEntries { [(it.substring(prefix.length())): params[it]] })
     return groovy.json.JsonOutput.toJson(options)
 }
 
@@ -226,6 +239,9 @@ def header(Map c) {
 /** Checks that the schema cannot express. Each entry is one line naming the parameter. */
 def extraChecks(LayerwiseSchema schema) {
     def errors = []
+    // The intervention ablates latents of the run's SAEs (trained and published first)
+    if (params.intervene && !params.sae)
+        errors << "--intervene needs --sae: the intervention ablates the latents of this run's SAEs (docs/intervention.md)"
     // A model given as a path must exist (hub ids like google/gemma-3-4b-it are resolved by the task)
     if (params.model instanceof CharSequence && params.model) {
         def m = params.model.toString()
