@@ -122,7 +122,9 @@ def prepare(config: str, n_samples: int, work: Path) -> tuple[Path, Path]:
     else:
         model_dir = build_medium_model(work / "model")
     samplesheet = fixtures.build_dataset(work / "data", n_samples)
-    return Path(model_dir), samplesheet
+    from tests.support.sheets import verified_sheet  # what a unit reads: PREFLIGHT's verified sheet
+
+    return Path(model_dir), verified_sheet(samplesheet, work / "verified")
 
 
 def unit_cfg(model_dir: Path, samplesheet: Path, out: Path, **kw):

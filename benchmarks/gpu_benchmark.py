@@ -1399,7 +1399,9 @@ def main() -> int:
         family = family_of(spec["model_type"])
         data = Data(processor, family, csv_path, args.samples, args.batch_size, dtype)
         bench = Bench(args, spec, model, processor, device, dtype, work, data)
-        bench.data_csv = csv_path
+        from tests.support.sheets import verified_sheet  # a unit reads PREFLIGHT's verified sheet
+
+        bench.data_csv = verified_sheet(csv_path, work / "verified", LANGS)
         if args.force_patched_diet:
             bench.diet_path = "patched get_image_features"
         free = shutil.disk_usage(work).free

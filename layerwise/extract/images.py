@@ -26,7 +26,7 @@ from layerwise.core.contract import ImageFeaturesSummary
 from layerwise.core.errors import LayerwiseError
 from layerwise.core.locks import FileLock
 from layerwise.layerfile.store import atomic_torch_save, file_backed_zeros
-from layerwise.models.inputs import load_rgb
+from layerwise.models.inputs import load_verified_rgb
 
 # Images decoded and preprocessed per step when filling the cache; the vision tower still runs on one
 # image at a time (`per_image_features`).
@@ -87,7 +87,8 @@ def encode_images(loaded, samples, out_path: str | Path, batch_size: int = IMAGE
     try:
         for start in tqdm(range(0, len(samples), batch_size), desc="images", unit="batch", file=sys.stderr):
             chunk = samples[start:start + batch_size]
-            pixels = processor.image_processor([load_rgb(s.image) for s in chunk], return_tensors="pt")["pixel_values"]
+            pixels = processor.image_processor([load_verified_rgb(s.image, s.image_sha256, s.sample_id) for s in chunk],
+                                      return_tensors="pt")["pixel_values"]
             feats = per_image_features(model, pixels.to(loaded.device, loaded.dtype))
             if buffer is None:
                 scratch = out_path.with_name(out_path.name + ".buffer")

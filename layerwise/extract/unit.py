@@ -33,15 +33,14 @@ from layerwise.core.errors import LayerwiseError
 from layerwise.core.layers import parse_layer_spec
 from layerwise.core.locks import FileLock, is_locked
 from layerwise.core.prompts import load_prompts, prompt_for
-from layerwise.core.sheet import iter_samples, parse_rows
+from layerwise.core.sheet import iter_samples, parse_rows, read_valid_samplesheet
 from layerwise.extract.images import ImageFeatures, VisionCallCounter, per_image_features, shared_features
 from layerwise.layerfile.stream import LayerFileStream, UnitLayout
 from layerwise.models.capture import capture_layers, run_until
 from layerwise.models.families import PER_IMAGE, Family, family_of
-from layerwise.models.inputs import EncodedBatch, InputBuilder, image_size, load_rgb, selection_mask
+from layerwise.models.inputs import EncodedBatch, InputBuilder, image_size, load_verified_rgb, selection_mask
 from layerwise.models.loading import LoadedModel, load_config, load_model, pick_device, resolve_dtype, text_dims
 from layerwise.models.token_kinds import TokenKinds
-from layerwise.preflight.samplesheet import read_samplesheet
 
 PARTIAL_DIR = ".partial"
 PROGRESS_FILE = "progress.json"
@@ -108,7 +107,9 @@ def preflight(cfg: UnitConfig) -> Preflight:
     num_layers, hidden = text_dims(config)
     resolve_dtype(cfg.dtype, pick_device(cfg.device), config.model_type)
     layers = parse_layer_spec(cfg.layers, num_layers)
-    table = read_samplesheet(cfg.samplesheet, [cfg.language], check_images=True)
+    # PREFLIGHT's verified sheet, trusted: no re-validation, no image decoded here (an image is decoded only to
+    # feed the vision tower, and its bytes are checked then against the sha256 PREFLIGHT recorded)
+    table = read_valid_samplesheet(cfg.samplesheet, [cfg.language])
     rows = parse_rows(cfg.rows, len(table)) if cfg.rows else None
     samples = list(iter_samples(table, cfg.language, rows))
     if not samples:
@@ -197,7 +198,7 @@ class Extractor:
         if self.image_features is not None:   # cached features: an image is decoded only to feed the vision tower
             images = [blank_image(family, s.image) for s in samples]
         else:
-            images = [load_rgb(s.image) for s in samples]
+            images = [load_verified_rgb(s.image, s.image_sha256, s.sample_id) for s in samples]
             if not family.feature_cache:      # the tower runs inside the model's forward, once per image
                 self.images_encoded += len(samples)
         captions = [s.captions[language] for s in samples]

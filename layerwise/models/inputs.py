@@ -235,6 +235,19 @@ def load_rgb_with_digest(path) -> tuple[Image.Image, str]:
         raise ImageDecodeError(path, e.reason) from None
 
 
+def load_verified_rgb(path, sha256: str = "", sample_id: str = "") -> Image.Image:
+    """`load_rgb` of a file whose sha256 PREFLIGHT recorded: a file changed since then is an error (its unit must
+    be planned again), never silently different pixels. No recorded sha256: plain `load_rgb`."""
+    if not sha256:
+        return load_rgb(path)
+    img, digest = load_rgb_with_digest(path)
+    if digest != sha256:
+        raise LayerwiseError(f"image {path} of sample {sample_id} changed since PREFLIGHT checked it (sha256 now "
+                             f"{digest[:16]}..., recorded {sha256[:16]}...): run the pipeline again (-resume), so that "
+                             "PREFLIGHT sees the new file and re-plans the units that read it")
+    return img
+
+
 def image_size(path) -> tuple[int, int]:
     """(width, height) of an image as `load_rgb` will return it, read from the file's header (no pixel is
     decoded): the EXIF orientation that `load_rgb` applies swaps the sides of a rotated photo."""

@@ -22,8 +22,15 @@ from layerwise.extract.images import ImageFeatures, cache_key
 from layerwise.extract.unit import UnitConfig, run_unit
 from layerwise.layerfile.store import load_layer_file
 from layerwise.models.loading import load_model
+from tests.support.sheets import verified_sheet
 
 ROWS, N = "0:6", 6  # the shard the units below share (half the fixture's 12 samples, one distinct image each)
+
+
+@pytest.fixture(scope="module")
+def samplesheet(samplesheet, tmp_path_factory):
+    """PREFLIGHT's verified sheet of the fixture data: what an extraction unit reads."""
+    return verified_sheet(samplesheet, tmp_path_factory.mktemp("verified"))
 
 
 @pytest.fixture(scope="module")
@@ -113,18 +120,18 @@ def test_cache_key_covers_model_dtype_and_every_image():
     assert cache_key("m", torch.float32, ["ab", "c"]) != cache_key("m", torch.float32, ["a", "bc"])
 
 
-def changed_copy(samplesheet: Path, folder: Path, sample: str = "s001") -> Path:
-    """The fixture data with one image replaced by another picture (same size)."""
-    shutil.copytree(samplesheet.parent, folder)
+def changed_copy(data: Path, folder: Path, sample: str = "s001") -> Path:
+    """The fixture data with one image replaced by another picture (same size), verified as PREFLIGHT does."""
+    shutil.copytree(data, folder)
     table = pd.read_csv(folder / "samples.csv", dtype=str, keep_default_na=False)
     path = folder / table.set_index("sample_id").loc[sample, "image"]
     with Image.open(path) as img:
         size = img.size
     Image.new("RGB", size, (10, 200, 30)).save(path)
-    return folder / "samples.csv"
+    return verified_sheet(folder / "samples.csv", folder / "verified")
 
 
-def test_other_fingerprint_or_changed_image_misses_the_cache(tmp_path, samplesheet, tiny_model_dir, loaded):
+def test_other_fingerprint_or_changed_image_misses_the_cache(tmp_path, samplesheet, tiny_model_dir, loaded, fixture_dir):
     cache = tmp_path / "cache"
     small = dict(rows="0:3", layers="0", image_cache=str(cache))
 
@@ -141,7 +148,7 @@ def test_other_fingerprint_or_changed_image_misses_the_cache(tmp_path, sampleshe
     assert len(list(cache.glob("*.pt"))) == 2
 
     # one image replaced: a new entry, and the stored values are those of the new image
-    sheet = changed_copy(samplesheet, tmp_path / "data")
+    sheet = changed_copy(fixture_dir / "data", tmp_path / "data")
     c = unit("c", sheet=sheet, model_fingerprint="sha256:weights-A")
     assert c["image_features"]["cache_hit"] is False and c["vision_tower_images"] == 3
     assert len(list(cache.glob("*.pt"))) == 3
@@ -183,14 +190,15 @@ def test_features_of_another_model_are_refused(tmp_path, samplesheet, tiny_model
         feats.for_samples(["s000", "s005"], torch.device("cpu"), torch.float32)
 
 
-def test_same_images_under_other_sample_ids_reuse_or_recompute(tmp_path, samplesheet, tiny_model_dir, loaded):
+def test_same_images_under_other_sample_ids_reuse_or_recompute(tmp_path, samplesheet, tiny_model_dir, loaded,
+                                                               fixture_dir):
     cache = tmp_path / "cache"
     run_unit(cfg(samplesheet, tiny_model_dir, tmp_path / "a", rows="0:2", layers="0", image_cache=str(cache)),
              loaded=loaded)
     folder = tmp_path / "data"
-    shutil.copytree(samplesheet.parent, folder)
+    shutil.copytree(fixture_dir / "data", folder)
     table = pd.read_csv(folder / "samples.csv", dtype=str, keep_default_na=False)
     table["sample_id"] = "renamed_" + table["sample_id"]
     table.to_csv(folder / "samples.csv", index=False)
-    run_unit(cfg(folder / "samples.csv", tiny_model_dir, tmp_path / "b", rows="0:2", layers="0",
-                 image_cache=str(cache)), loaded=loaded)
+    run_unit(cfg(verified_sheet(folder / "samples.csv", folder / "verified"), tiny_model_dir, tmp_path / "b",
+                 rows="0:2", layers="0", image_cache=str(cache)), loaded=loaded)

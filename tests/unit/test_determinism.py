@@ -31,10 +31,17 @@ from layerwise.extract.images import cache_key
 from layerwise.extract.unit import UnitConfig, run_unit
 from layerwise.layerfile.store import load_layer_file, sample_rows
 from layerwise.models.loading import load_model
+from tests.support.sheets import verified_sheet
 
 LAYERS = (0, 5)           # the first layer and the last (global-attention) layer of the tiny model
 SHARD, N = "0:6", 6       # a shard of six samples, one distinct image each
 ALONE = (1, 4)            # samples extracted on their own as well
+
+
+@pytest.fixture(scope="module")
+def samplesheet(samplesheet, tmp_path_factory):
+    """PREFLIGHT's verified sheet of the fixture data: what an extraction unit reads."""
+    return verified_sheet(samplesheet, tmp_path_factory.mktemp("verified"))
 
 pytestmark = pytest.mark.parametrize("loaded", ["float32", "bfloat16"], indirect=True)
 

@@ -21,9 +21,16 @@ from layerwise.core.prompts import load_prompts
 from layerwise.extract.unit import PARTIAL_DIR, PROGRESS_FILE, UnitConfig, run_unit
 from layerwise.layerfile.store import load_layer_file, sample_rows
 from layerwise.models.loading import load_model
+from tests.support.sheets import verified_sheet
 
 ROOT = Path(__file__).resolve().parents[2]
 LANGUAGES = ("english", "arabic")
+
+
+@pytest.fixture(scope="module")
+def samplesheet(samplesheet, tmp_path_factory):
+    """PREFLIGHT's verified sheet of the fixture data: what an extraction unit reads."""
+    return verified_sheet(samplesheet, tmp_path_factory.mktemp("verified"))
 
 
 @pytest.fixture(scope="module")
@@ -241,50 +248,32 @@ def test_missing_model_names_model_and_cache(tmp_path, samplesheet, monkeypatch)
         run_unit(unit(samplesheet, "google/not-a-model", tmp_path))
 
 
-def broken_copy(samplesheet: Path, tmp_path: Path, edit) -> Path:
-    """Copy the fixture dataset and let `edit(table, folder)` break it."""
-    folder = tmp_path / "data"
-    shutil.copytree(samplesheet.parent, folder)
-    table = pd.read_csv(folder / "samples.csv", dtype=str, keep_default_na=False)
-    edit(table, folder)
-    table.to_csv(folder / "samples.csv", index=False)
-    return folder / "samples.csv"
-
-
-def _missing_image(t, f):
-    (f / t.loc[2, "image"]).unlink()
-
-
-def _zero_byte_image(t, f):
-    (f / t.loc[2, "image"]).write_bytes(b"")
-
-
-def _corrupt_image(t, f):
-    (f / t.loc[2, "image"]).write_bytes(b"\x89PNG not really")
-
-
-def _empty_caption(t, f):
-    t.loc[2, "caption_english"] = "   "
-
-
-def _duplicate_id(t, f):
-    t.loc[2, "sample_id"] = t.loc[1, "sample_id"]
-
-
-@pytest.mark.parametrize("edit, pattern", [
-    (_missing_image, r"s002"),
-    (_zero_byte_image, r"s002.*(zero|empty)"),
-    (_corrupt_image, r"s002.*corrupt"),
-    (_empty_caption, r"s002.*caption_english"),
-    (_duplicate_id, r"duplicate.*s001"),
-])
-def test_bad_samplesheet_fails_before_the_model_loads(tmp_path, samplesheet, tiny_model_dir, monkeypatch, edit, pattern):
+def test_a_user_samplesheet_is_not_a_unit_sheet(tmp_path, fixture_dir, tiny_model_dir, monkeypatch):
+    """A unit reads PREFLIGHT's verified sheet only (the user's samplesheet is checked once, by PREFLIGHT:
+    tests/unit/test_samplesheet.py, tests/unit/test_early_failures.py); anything else is refused naming the file
+    and the columns it lacks, before the model loads."""
     import layerwise.extract.unit as extract
 
     monkeypatch.setattr(extract, "load_model", lambda *a, **k: pytest.fail("model loaded despite bad input"))
-    sheet = broken_copy(samplesheet, tmp_path, edit)
-    with pytest.raises(LayerwiseError, match=pattern):
-        run_unit(unit(sheet, tiny_model_dir, tmp_path / "out"))
+    user = fixture_dir / "data" / "samples.csv"
+    with pytest.raises(LayerwiseError, match=r"samples.csv: samplesheet lacks columns \['row'\]"):
+        run_unit(unit(user, tiny_model_dir, tmp_path / "out"))
+
+
+def test_an_image_changed_after_preflight_fails_naming_it(tmp_path, fixture_dir, tiny_model_dir, loaded):
+    """The unit trusts the sheet but not the bytes: an image whose sha256 differs from PREFLIGHT's record fails
+    when it is decoded (to feed the vision tower), naming the file and the sample; no layer file is left."""
+    data = tmp_path / "data"
+    shutil.copytree(fixture_dir / "data", data)
+    sheet = verified_sheet(data / "samples.csv", tmp_path / "verified")
+    table = pd.read_csv(sheet, dtype=str, keep_default_na=False)
+    changed = Path(table.loc[1, "image"])
+    with Image.open(changed) as img:
+        Image.new("RGB", img.size, (0, 255, 0)).save(changed)
+    with pytest.raises(LayerwiseError, match=rf"image {changed} of sample {table.loc[1, 'sample_id']} changed since "
+                                             "PREFLIGHT"):
+        run_unit(unit(sheet, tiny_model_dir, tmp_path / "out", rows="0:3", layers="0"), loaded=loaded)
+    assert not list((tmp_path / "out").glob("*.pt"))
 
 
 @pytest.mark.parametrize("override, pattern", [
