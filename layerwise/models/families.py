@@ -84,7 +84,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("idefics3", "Idefics3ForConditionalGeneration", "Idefics3", ("HuggingFaceM4/Idefics3-8B-Llama3",),
            vision_module="vision_model", vision_weights="vision_model", prompt_format=CHAT, image_tokens=PER_IMAGE,
            nested_images=True, turn_markers=("<end_of_utterance>",), needs_inputs=("pixel_attention_mask",)),
-    Family("smolvlm", "SmolVLMForConditionalGeneration", "SmolVLM", ("HuggingFaceTB/SmolVLM-Instruct", "HuggingFaceTB/SmolVLM2-2.2B-Instruct"),
+    Family("smolvlm", "SmolVLMForConditionalGeneration", "SmolVLM", ("HuggingFaceTB/SmolVLM2-2.2B-Instruct", "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"),
            vision_module="vision_model", vision_weights="vision_model", prompt_format=CHAT, image_tokens=PER_IMAGE,
            nested_images=True, turn_markers=("<end_of_utterance>",), needs_inputs=("pixel_attention_mask",)),
 )}
