@@ -6,11 +6,10 @@ every sample) are not drawn and are named in the panel instead of being left bla
 """
 from __future__ import annotations
 
-import base64
-import io
-
 import numpy as np
 import pandas as pd
+
+from layerwise.core.html import figure_png
 
 VIEW_COLORS = {"image": "C0", "prompt": "C1", "caption": "C2", "all": "C3", "last": "C4"}
 SIGNIFICANT = 0.05          # probes with p_value <= this are drawn with filled markers
@@ -33,9 +32,7 @@ def _figure(rows: int, cols: int, w: float = 3.6, h: float = 2.8, top: float = 0
 
 
 def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return figure_png(fig)
 
 
 def _integer_x(ax) -> None:

@@ -10,6 +10,7 @@ from markupsafe import Markup
 
 from layerwise.analysis import outputs, plots
 from layerwise.analysis.views import ALL_VIEW_NAMES
+from layerwise.core.html import BASE_CSS
 
 TEMPLATE = """<!DOCTYPE html>
 <html lang="en">
@@ -17,9 +18,8 @@ TEMPLATE = """<!DOCTYPE html>
 <meta charset="utf-8">
 <title>layerwise analysis report</title>
 <style>
+{{ base_css | safe }}
  body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em; color: #222; max-width: 1500px; }
- table { border-collapse: collapse; margin: 1em 0; font-size: 0.8em; }
- th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; }
  th { background: #f3f3f3; }
  td.num { text-align: right; font-variant-numeric: tabular-nums; }
  img { max-width: 100%; }
@@ -122,7 +122,7 @@ def write_report(tables: dict[str, pd.DataFrame], notes: list[dict[str, Any]], f
                        [["layer", "language", "view", "latent", "rank", "auroc", "smd", "q_value", "mean_a", "mean_b",
                          "firing_rate_a", "firing_rate_b"]])
     env = jinja2.Environment(autoescape=True)
-    html = env.from_string(TEMPLATE).render(
+    html = env.from_string(TEMPLATE).render(base_css=BASE_CSS,
         facts=facts, figs=figs, notes=notes, has_sae=sae is not None,
         leak=_leak_summary(facts.get("label_leaks"), probes),
         tables={"probes": probes if probes is not None else [],

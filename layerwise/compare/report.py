@@ -5,8 +5,6 @@ depths line up, with one line (one colour) per model.
 """
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from markupsafe import Markup
 from layerwise.compare.inputs import INTERVENTION, POOLED, Result
 from layerwise.compare.table import VIEW_ORDER
 from layerwise.core.atomic import atomic_write_text
+from layerwise.core.html import BASE_CSS, figure_png
 
 SIGNIFICANT = 0.05          # probes with p_value <= this are drawn with filled markers
 DEPTH_LABEL = "relative depth: layer / (layers − 1)"
@@ -29,9 +28,8 @@ TEMPLATE = """<!DOCTYPE html>
 <meta charset="utf-8">
 <title>layerwise: models compared</title>
 <style>
+{{ base_css | safe }}
  body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em; color: #222; max-width: 1500px; }
- table { border-collapse: collapse; margin: 1em 0; font-size: 0.8em; }
- th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; }
  th { background: #f3f3f3; }
  img { max-width: 100%; }
  .note { background: #fff8e1; border-left: 4px solid #f9a825; padding: 0.3em 1em; }
@@ -98,9 +96,7 @@ def _figure(rows: int, cols: int, w: float = 3.8, h: float = 2.9, top: float = 0
 
 
 def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return figure_png(fig)
 
 
 def _legend(fig, handles, labels) -> None:
@@ -267,7 +263,7 @@ def write_report(results: Sequence[Result], table: pd.DataFrame, path: str | Pat
     figs = {"probes": probe_figure(table, models), "sae": sae_figure(table, models),
             "intervention": intervention_figure(table, models)}
     env = jinja2.Environment(autoescape=True)
-    html = env.from_string(TEMPLATE).render(
+    html = env.from_string(TEMPLATE).render(base_css=BASE_CSS,
         models=model_rows(results, table), figs=figs, significant=SIGNIFICANT,
         notes=[{"model": r.label, "message": n} for r in results for n in r.notes],
         intervention_file=INTERVENTION, n_rows=len(table), max_rows=MAX_ROWS,

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup
 
+from layerwise.core.html import BASE_CSS, figure_png
 from layerwise.intervention import outputs, stats
 from layerwise.lexicon import count_terms, load_lexicon
 
@@ -40,6 +41,7 @@ TEMPLATE = """<!DOCTYPE html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>layerwise intervention report</title>
 <style>
+{{ base_css | safe }}
  body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em auto; padding: 0 1em;
         color: #222; max-width: 900px; line-height: 1.4; }
  table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.78em; }
@@ -227,9 +229,7 @@ def _figure(rows: int, cols: int, panel_h: float = 2.3, top: float = 0.35, botto
 
 
 def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return figure_png(fig)
 
 
 def random_figure(summary: pd.DataFrame, changes: pd.DataFrame) -> str | None:
@@ -462,7 +462,7 @@ def write_report(summary: pd.DataFrame, captions: pd.DataFrame, terms: pd.DataFr
     notes = [f"{_group_title(r['layers'], r['feature_language'], r['caption_language'])}: {r['note']}"
              for r in summary.to_dict("records") if not pd.isna(r["note"]) and r["note"]]
     env = jinja2.Environment(autoescape=True)
-    text = env.from_string(TEMPLATE).render(
+    text = env.from_string(TEMPLATE).render(base_css=BASE_CSS,
         facts=_facts(summary), notes=notes,
         main_table=Markup(main_table(summary)), full_table=Markup(_html_table(summary)),
         figs={"random": random_figure(summary, changes), "grid": grid_figure(summary)},

@@ -1,14 +1,13 @@
 """Self-contained HTML validation report (no network resources: the plot is an embedded PNG)."""
 from __future__ import annotations
 
-import base64
-import io
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
 from layerwise.core.atomic import atomic_write_text
+from layerwise.core.html import BASE_CSS, figure_png
 from layerwise.core.layers import format_layers
 
 TEMPLATE = """<!DOCTYPE html>
@@ -17,6 +16,7 @@ TEMPLATE = """<!DOCTYPE html>
 <meta charset="utf-8">
 <title>layerwise validation report: {{ status }}</title>
 <style>
+{{ base_css | safe }}
  body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em; color: #222; }
  h1 .status { padding: 0.1em 0.5em; border-radius: 0.3em; color: #fff; }
  .passed { background: #2e7d32; } .FAILED { background: #c62828; }
@@ -169,9 +169,7 @@ def norm_plot_png(norms_by_group_df) -> str | None:
     axes[0].set_ylabel("mean L2 norm")
     axes[-1].legend(title="gender", fontsize="small")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return figure_png(fig)
 
 
 def _count(value: Any) -> int:
@@ -247,7 +245,7 @@ def write_report(metadata: dict[str, Any], layers_df, norms_by_group_df, out_pat
         human=_human,
         num=_num,
     )
-    html = template.render(**context)
+    html = template.render(base_css=BASE_CSS, **context)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_path, html)

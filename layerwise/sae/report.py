@@ -1,14 +1,13 @@
 """sae/report.html: the SAE metrics by layer (explained variance, MSE, L0, dead latents), self-contained."""
 from __future__ import annotations
 
-import base64
 import html
-import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from layerwise.core.html import BASE_CSS, figure_png
 from layerwise.sae.metrics import METRIC_COLUMNS
 
 PANELS = (("explained_variance", "explained variance"), ("mse", "MSE per element"),
@@ -40,9 +39,7 @@ def metrics_plot(records: Sequence[dict[str, Any]]) -> str | None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return figure_png(fig)
 
 
 def _table(records: Sequence[dict[str, Any]]) -> str:
@@ -64,9 +61,8 @@ def write_report(records: Sequence[dict[str, Any]], path: str | os.PathLike) -> 
     text = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>layerwise SAE report</title>
 <style>
- body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em; color: #222; max-width: 1400px; }}
- table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.8em; }}
- th, td {{ border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; }}
+{BASE_CSS}
+ body {{ max-width: 1400px; }}
  th {{ background: #f3f3f3; }} td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
  img {{ max-width: 100%; }}
 </style></head><body>
