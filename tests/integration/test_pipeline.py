@@ -375,10 +375,12 @@ def _extract_status(run) -> dict[str, str]:
     return {r["tag"]: r["status"] for r in rows_of(run.trace(), "EXTRACT_ACTIVATIONS")}
 
 
-def test_languages_layers_images_stale_files_and_linked_damage(tmp_path, samplesheet, tiny_model_dir):
+def test_languages_layers_images_stale_files_and_linked_damage(tmp_path, samplesheet, fixture_dir):
+    """On the tiny Qwen2-VL (a second model family through the engine: image tokens that depend on the image's
+    size, no BOS, its own chat template); every family is checked exactly in-process by tests/unit/test_families.py."""
     sheet = _own_sheet(tmp_path, samplesheet)
     model = tmp_path / "model"                        # a copy, so that its weights can change
-    shutil.copytree(tiny_model_dir, model)
+    shutil.copytree(fixture_dir / "families" / "qwen2_vl", model)
     common = ("--input", sheet, "--model", model, "--layer_groups", "auto", "--samples_per_task", "0",
               "--analysis", "false")       # (the analysis stage is tested in test_pipeline_sae / test_analysis_planted)
 

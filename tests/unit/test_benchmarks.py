@@ -65,3 +65,13 @@ def test_gpu_benchmark_smoke(tmp_path):
     assert unit["files"] == 12 and [u["image_cache_hit"] for u in unit["units"]] == [False, True]
     assert set(result["projected_seed_job_s"]) == {"extract", "unit"} and "extract" in result["ratios_vs_bare"]
     assert not list(tmp_path.glob("layerwise-gpu-bench-*")), "the work folder is removed"
+
+
+def test_bench_intervention_smallest_mode_prints_every_figure(fixture_dir):
+    done = _run([str(BENCH / "bench_intervention.py"), "--config", "tiny", "--images", "2", "--new-tokens", "3",
+                 "--batch-size", "2", "--k", "8", "--repeats", "1"], timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    for figure in ("plain generation:", "with the hook:", "ratio hooked/plain:", "published design: 500 images x 27 "
+                   "conditions x 2 caption languages x 64 tokens = 1,728,000 new tokens"):
+        assert figure in out, f"missing {figure!r} in:\n{out}"
