@@ -17,7 +17,7 @@ Figures (see benchmarks/README.md, "bench_pipeline_io.py"):
       (not a symlink) that still loads with torch.load(weights_only=True, mmap=True).
   [b] orchestration: the seed plan (2000 samples x english,arabic x 34 layers) as a stub run
       (-stub-run) with `-profile ncc -c conf/slurm_local.config` on the local single-node SLURM cluster
-      of scripts/slurm-cluster.sh, with conf/ncc.config's own executor settings restored on top of the
+      of scripts/slurm-cluster.sh, with conf/slurm.config's executor settings (which -profile ncc uses) restored on top of the
       overlay's fast test polling. SLURM jobs submitted (trace rows with a native_id), GPU jobs among
       them, and the wall time of `nextflow run`.
 
@@ -460,7 +460,7 @@ def bench_orchestration(args, repo: Path, scratch: Path) -> dict:
         overlaid = resolved_config(repo, "ncc", (overlay,))
         gpu_partition = str(overlaid.get("params", {}).get("gpu_partition", "gpu"))
         restore = base / "ncc_executor.config"
-        restore.write_text("// conf/ncc.config's own executor settings, over conf/slurm_local.config's\nexecutor {\n"
+        restore.write_text("// conf/slurm.config's executor settings (which -profile ncc uses), over conf/slurm_local.config's\nexecutor {\n"
                            + "".join(f"    {k} = {groovy_literal(v)}\n" for k, v in ncc_executor.items()) + "}\n")
         effective = {k: v for k, v in resolved_config(repo, "ncc", (overlay, restore)).get("executor", {}).items()
                      if not isinstance(v, dict)}
@@ -478,7 +478,7 @@ def bench_orchestration(args, repo: Path, scratch: Path) -> dict:
                *plan_args, *extra]
         say(f"[b] model: copy of {fixture_model} with num_hidden_layers {old_layers} -> {args.orch_layers}; "
             f"samplesheet {args.orch_samples} rows")
-        say(f"[b] executor (conf/ncc.config's own): {', '.join(f'{k}={v}' for k, v in ncc_executor.items())}")
+        say(f"[b] executor (conf/slurm.config's, as -profile ncc uses them): {', '.join(f'{k}={v}' for k, v in ncc_executor.items())}")
         say(f"[b] $ {shlex.join(cmd)}")
         try:
             run = run_nextflow(cmd, launch, timeout=args.orch_timeout)

@@ -119,9 +119,8 @@ class LayerwiseOutdir {
      * to superseded/<time>/: until this run writes them, their absence says the stage is not complete,
      * and they are never mixed with this run's inputs. Returns one note per path moved.
      */
-    static List<String> supersede(Path outdir, List<String> paths) {
+    static List<String> supersede(Path outdir, List<String> paths, String stamp) {
         List<String> notes = []
-        String stamp = new Date().format('yyyy-MM-dd_HH-mm-ss')
         paths.each { String rel ->
             Path src = outdir.resolve(rel)
             if (!Files.exists(src)) return
@@ -131,5 +130,49 @@ class LayerwiseOutdir {
             notes << "${rel} of an earlier run moved to ${name('superseded_dir')}/${stamp}/ (this run writes it again)".toString()
         }
         return notes
+    }
+
+    /**
+     * At the end of a run: superseded copies (superseded/<stamp>/<path>) identical to what this run published
+     * again at <path> (a cached analysis republished, the same SAE metrics) are removed, so that -resume does
+     * not pile up copies of unchanged results. Returns the paths whose copy was removed.
+     */
+    static List<String> dropUnchanged(Path outdir, String stamp, List<String> paths) {
+        List<String> dropped = []
+        Path base = outdir.resolve(name('superseded_dir')).resolve(stamp)
+        paths.each { String rel ->
+            Path old = base.resolve(rel)
+            Path now = outdir.resolve(rel)
+            if (Files.exists(old) && Files.exists(now) && sameTree(old, now)) {
+                if (Files.isDirectory(old)) old.toFile().deleteDir() else Files.delete(old)
+                dropped << rel
+            }
+        }
+        // empty folders left behind, up to and including superseded/<stamp>
+        for (Path p = base; Files.isDirectory(base) && p != null; ) {
+            List<Path> empty = []
+            Files.walk(base).withCloseable { st -> st.filter { Files.isDirectory(it) }.forEach { empty << it } }
+            empty = empty.findAll { d -> Files.list(d).withCloseable { it.count() } == 0 }.sort { -it.nameCount }
+            if (!empty) break
+            empty.each { Files.deleteIfExists(it) }
+            if (!Files.exists(base)) break
+        }
+        return dropped
+    }
+
+    /** Same files (same relative paths, each the same inode or the same bytes). */
+    static boolean sameTree(Path a, Path b) {
+        if (Files.isRegularFile(a) || Files.isRegularFile(b)) {
+            if (!(Files.isRegularFile(a) && Files.isRegularFile(b))) return false
+            return Files.isSameFile(a, b) || (Files.size(a) == Files.size(b) && Files.mismatch(a, b) == -1L)
+        }
+        def files = { Path root ->
+            List<String> out = []
+            Files.walk(root).withCloseable { st -> st.filter { Files.isRegularFile(it) }.forEach { out << root.relativize(it).toString() } }
+            out.sort()
+        }
+        List<String> fa = files(a)
+        if (fa != files(b)) return false
+        return fa.every { String rel -> sameTree(a.resolve(rel), b.resolve(rel)) }
     }
 }

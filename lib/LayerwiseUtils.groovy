@@ -161,6 +161,27 @@ class LayerwiseUtils {
      * [status, verified layer files] from <outdir>/extraction_metadata.json, as PUBLISH_RESULTS wrote it:
      * the files it placed and verified (layerwise.publish.outdir names them; nothing is matched by file name here).
      */
+    /**
+     * The SAEs an earlier run published in <outdir>/sae/ and recorded (sae/inputs.json, written last by PUBLISH_SAE):
+     * [folders: layer_{L}[_{language}]/ sorted by layer then language (as SAE_TRAINING emits them), record: the
+     * record's path]; no folders and a null record when there is no complete, recorded set.
+     */
+    static Map publishedSaes(Path outdir) {
+        Path root = outdir.resolve(LayerwiseOutdir.name('sae_dir'))
+        Path record = root.resolve(LayerwiseOutdir.name('stage_record'))
+        if (!Files.isRegularFile(record)) return [folders: [], record: null]
+        List<Path> folders = []
+        Files.newDirectoryStream(root).withCloseable { stream ->
+            stream.each { Path p -> if (Files.isDirectory(p) && p.fileName.toString() ==~ /layer_\d+(_.+)?/) folders << p }
+        }
+        def key = { Path p ->
+            def m = p.fileName.toString() =~ /layer_(\d+)(?:_(.+))?/
+            m.matches() ? [m.group(1) as int, m.group(2) ?: 'pooled'] : [Integer.MAX_VALUE, p.fileName.toString()]
+        }
+        folders.sort { a, b -> (key(a)[0] <=> key(b)[0]) ?: (key(a)[1] <=> key(b)[1]) }
+        return [folders: folders, record: folders ? record : null]
+    }
+
     static Map verifiedLayerFiles(Path outdir) {
         try {
             Path meta = outdir.resolve(LayerwiseOutdir.name('metadata'))

@@ -1,7 +1,8 @@
 /*
  * layerwise: one subworkflow per stage.
  *   EXTRACTION   PREFLIGHT (CPU) -> EXTRACT_ACTIVATIONS (GPU, one job per unit) -> PUBLISH_RESULTS (CPU)
- *   SAE_TRAINING [--sae] TRAIN_SAE (GPU, one job per layer, or per layer and language) -> PUBLISH_SAE (CPU)
+ *   SAE_TRAINING [--sae] TRAIN_SAE (GPU, one job per layer, or per layer and language) -> PUBLISH_SAE (CPU);
+ *                without --sae, the later stages read the SAEs an earlier run published on the same layer files
  *   ANALYSIS     [--analysis] ANALYZE_LAYERS (CPU, one job; after the SAEs when they are trained)
  *   INTERVENTION [--intervene] SELECT_LATENTS (CPU) -> GENERATE_CAPTIONS (GPU, per condition and chunk of runs)
  *                -> SUMMARIZE_INTERVENTION (CPU)
@@ -33,21 +34,34 @@ workflow LAYERWISE {
                intervention_options)
     ch_versions = EXTRACTION.out.versions
 
-    ch_saes = Channel.value([])
     if (params.sae) {
         SAE_TRAINING(EXTRACTION.out.published, sae_options, digests, outdir)
         ch_saes = SAE_TRAINING.out.saes
+        ch_sae_record = SAE_TRAINING.out.record
         ch_versions = ch_versions.mix(SAE_TRAINING.out.versions)
+    } else {
+        // SAEs an earlier run published on these same layer files (PUBLISH_RESULTS moved any others aside)
+        ch_published_saes = EXTRACTION.out.published
+            .map { _meta, out -> LayerwiseUtils.publishedSaes(file(out)) }
+            .first()
+        ch_saes = ch_published_saes.map { it.folders }
+        ch_sae_record = ch_published_saes.map { it.record ?: [] }
     }
 
     if (params.analysis) {
-        ANALYSIS(EXTRACTION.out.published, ch_saes, digests)
+        ANALYSIS(EXTRACTION.out.published, ch_saes, ch_sae_record, digests)
         ch_versions = ch_versions.mix(ANALYSIS.out.versions)
     }
 
     if (params.intervene) {
-        INTERVENTION(EXTRACTION.out.published, ch_saes, EXTRACTION.out.plan, ch_prompts, ch_model,
-                     intervention_options, digests)
+        ch_intervention_saes = ch_saes.map { dirs ->
+            if (!dirs)
+                error("--intervene: ${params.outdir}/sae/ holds no SAEs of this run's layer files (an earlier run's were " +
+                      "moved to superseded/ when the layer files changed): add --sae to train them")
+            dirs
+        }
+        INTERVENTION(EXTRACTION.out.published, ch_intervention_saes, ch_sae_record, EXTRACTION.out.plan, ch_prompts,
+                     ch_model, intervention_options, digests)
         ch_versions = ch_versions.mix(INTERVENTION.out.versions)
     }
 

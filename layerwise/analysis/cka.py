@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 READ_BYTES = 16 << 20   # float32 Gram bytes read per step (all layers together) when combining them
+# Linear CKA needs at least 3 samples: centred, 2 samples span one direction and any two layers score 1 (1: NaN)
+MIN_SAMPLES = 3
 
 
 def _centered(X: np.ndarray) -> np.ndarray:
@@ -105,6 +107,8 @@ class GramStore:
         d = np.sqrt(np.diag(P))
         with np.errstate(invalid="ignore", divide="ignore"):
             cka = P / np.outer(d, d)
+        if len(idx) < MIN_SAMPLES:   # two centred samples span one direction: CKA is 1 whatever the data
+            cka = np.full_like(cka, np.nan)
         return layers, cka, int(len(idx))
 
     def close(self) -> None:

@@ -54,3 +54,35 @@ def analysis_defaults() -> dict[str, Any]:
                         ast.literal_eval(v) if not isinstance(v, ast.Name) else None)
             return out
     raise AssertionError("layerwise/analysis/run.py: no class Options")
+
+
+def split_csv(text: str) -> tuple[str, ...]:
+    """'male, female' -> ('male', 'female'): a comma-separated param as the analysis takes it."""
+    return tuple(x.strip() for x in str(text).split(",") if x.strip())
+
+
+def converter(name: str):
+    """How a param's value (a string on the command line) becomes the option's value."""
+    return {"integer": int, "number": float}.get(ANALYSIS_PARAMS[name][0], split_csv)
+
+
+def options_from_params(values: dict[str, Any]) -> dict[str, Any]:
+    """{option: value} from the pipeline's analysis params ({option: param value}), converted as
+    `layerwise-analyze` converts its flags; unknown names are left for the options check to report."""
+    return {k: (converter(k)(v) if k in ANALYSIS_PARAMS else v) for k, v in values.items()}
+
+
+def check_params(values: dict[str, Any]) -> None:
+    """Every analysis option valid (layerwise.analysis.run.Options.check), with the pipeline's parameter named
+    (--analysis_<option>): PREFLIGHT runs it before any GPU job."""
+    from layerwise.analysis.run import make_options
+    from layerwise.core.errors import LayerwiseError
+
+    try:
+        make_options(options_from_params(values))
+    except (LayerwiseError, ValueError, TypeError) as exc:
+        text = str(exc)
+        named = [n for n in ANALYSIS_PARAMS if text.startswith(n) or f"'{n}'" in text or f" {n} " in f" {text} "]
+        params = ", ".join(f"--analysis_{n}" for n in named) or "--analysis_<option>"
+        raise LayerwiseError(f"analysis options: {text} (pipeline parameter{'s' if len(named) > 1 else ''}: {params})") \
+            from None

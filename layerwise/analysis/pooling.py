@@ -2,7 +2,9 @@
 
 `ViewPooler` consumes `reader.Chunk`s and keeps one float32 sum [N, H] and one count [N] per
 view; `result()` divides them. A sample with no position of a view, or with a NaN/Inf among them,
-gets a NaN vector for that view (the analyses leave it out and say how many were left out).
+gets a NaN vector for that view (the analyses leave it out and say how many were left out). Samples with
+NaN/Inf values at extraction (`nan_counts > 0`) reach the poolers with no position at all
+(`reader.iter_chunks`), so they are invalid in every view and every consumer.
 """
 from __future__ import annotations
 

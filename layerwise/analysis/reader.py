@@ -6,6 +6,10 @@ memory-mapped. `iter_chunks` slices the activations one chunk of samples at a
 time (at most `chunk_bytes` of float32 working set), so host memory does not grow with the number
 of samples. Both layouts come out the same way: the chunk's stored rows without padding, their
 token kinds and the sample each row belongs to.
+
+Samples with NaN/Inf values at extraction (`nan_counts > 0`: zeroed by `--nan_policy zero`, kept by `keep`)
+are not data: they come out with no stored rows (length 0, zero block), so no view, probe, direction, CKA
+or SAE latent ever sees them (the analysis notes how many were left out).
 """
 from __future__ import annotations
 
@@ -68,9 +72,11 @@ def samples_per_chunk(lf: LayerFile, chunk_bytes: int = CHUNK_BYTES) -> int:
     return max(1, int(chunk_bytes) // max(1, width * lf.hidden_size * 4))
 
 
-def iter_chunks(lf: LayerFile, chunk_bytes: int = CHUNK_BYTES) -> Iterator[Chunk]:
-    """Walk the file in chunks of samples; the activations are sliced once per chunk."""
+def iter_chunks(lf: LayerFile, chunk_bytes: int = CHUNK_BYTES, exclude: torch.Tensor | None = None) -> Iterator[Chunk]:
+    """Walk the file in chunks of samples; the activations are sliced once per chunk. Samples marked in
+    `exclude` (bool [N]; default `lf.excluded`: nan_counts > 0) have no stored rows in the chunks."""
     step = samples_per_chunk(lf, chunk_bytes)
+    excluded = lf.excluded if exclude is None else torch.as_tensor(exclude, dtype=torch.bool)
     for i0 in range(0, lf.n_samples, step):
         i1 = min(lf.n_samples, i0 + step)
         lens = lf.lengths[i0:i1]
@@ -87,5 +93,12 @@ def iter_chunks(lf: LayerFile, chunk_bytes: int = CHUNK_BYTES) -> Iterator[Chunk
             if lf.token_kinds is not None:
                 kinds = torch.zeros(i1 - i0, width, dtype=torch.int8)
                 kinds[valid] = lf.token_kinds[a:b]
+        out = excluded[i0:i1]
+        if bool(out.any()):
+            # a new block (never written into the file's mapping); zeros, so that no NaN reaches a matmul
+            block = torch.where(out[:, None, None], torch.zeros((), dtype=block.dtype), block)
+            lens = torch.where(out, torch.zeros((), dtype=lens.dtype), lens)
+            if kinds is not None:
+                kinds = torch.where(out[:, None], torch.zeros((), dtype=kinds.dtype), kinds)
         yield Chunk(i0, i1, block, kinds, lens)
         del block

@@ -45,6 +45,12 @@ while the image view is the clean one: the image tokens come before the caption 
 attend to it.</p>
 {% elif leak.known %}<p id="label-leakage">No probed sample's label came from a word in a caption the model reads
 (samplesheet column <code>label_leaks</code> empty): no view leaks the label.</p>{% endif %}
+{% if facts.nan_excluded %}<p class="caveat" id="nan-excluded"><strong>Samples left out.</strong>
+{{ facts.nan_excluded | sum(attribute="samples") }} sample(s) in {{ facts.nan_excluded | length }} layer file(s) had
+NaN/Inf values at extraction (<code>nan_counts</code> &gt; 0, NaN policy
+{{ facts.nan_excluded | map(attribute="nan_policy") | unique | join(", ") }}): they are not data and are left out of
+every probe, direction, cross-lingual comparison, CKA and SAE latent of their layer and language (see the notes;
+<code>analysis.json</code> <code>nan_excluded</code> lists them).</p>{% endif %}
 
 <h2>Gender probes</h2>
 {% if figs.probes %}<img alt="probe accuracy vs layer" src="data:image/png;base64,{{ figs.probes }}">

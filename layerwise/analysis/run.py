@@ -40,7 +40,7 @@ from layerwise.analysis.reader import CHUNK_BYTES
 from layerwise.analysis.sae import SaeLatentPooler, latent_associations, load_sae, sae_held_out_ids
 from layerwise.analysis.views import ALL_VIEW_NAMES, CAPTION_READING_VIEWS, DEFAULT_VIEWS, plan_views
 from layerwise.core.errors import LayerwiseError
-from layerwise.layerfile.reader import LayerFile, open_layer_file
+from layerwise.layerfile.reader import LayerFile, nan_policy_words, open_layer_file
 
 log = logging.getLogger("layerwise.analysis")
 
@@ -78,7 +78,7 @@ class Options:
             raise LayerwiseError(f"classes must be at least two distinct labels, got {list(self.classes)}")
         bad = [v for v in self.views if v not in ALL_VIEW_NAMES]
         if bad:
-            raise LayerwiseError(f"unknown view(s) {bad}; choose from {list(ALL_VIEW_NAMES)}")
+            raise LayerwiseError(f"views: unknown view(s) {bad}; choose from {list(ALL_VIEW_NAMES)}")
         if self.sae_views is not None and not set(self.sae_views) <= set(self.views):
             raise LayerwiseError(f"sae_views {list(self.sae_views)} must be among the pooled views {list(self.views)}")
         if not 0 < self.sae_heldout_fraction < 1:
@@ -164,6 +164,10 @@ def _cka_subset(by_layer, languages, opts: Options) -> tuple[list[str], dict[str
     first = {lang: next(lf for layer in sorted(by_layer) for l2, lf in by_layer[layer].items() if l2 == lang)
              for lang in languages}
     common = set.intersection(*(set(first[lang].sample_ids) for lang in languages))
+    # samples with NaN/Inf values at extraction in any file are invalid there; CKA uses the samples valid in
+    # every layer, so they are left out of the subset up front (the subset keeps its size where it can)
+    common -= {sid for files in by_layer.values() for lf in files.values()
+               for sid, bad in zip(lf.sample_ids, lf.excluded.tolist()) if bad}
     ids = [s for s in first[languages[0]].sample_ids if s in common]
     if opts.cka_max_samples is not None and len(ids) > opts.cka_max_samples:
         keep = np.sort(np.random.default_rng(opts.seed).choice(len(ids), opts.cka_max_samples, replace=False))
@@ -173,6 +177,29 @@ def _cka_subset(by_layer, languages, opts: Options) -> tuple[list[str], dict[str
         pos = {s: i for i, s in enumerate(first[lang].sample_ids)}
         rows[lang] = np.array([pos[s] for s in ids], dtype=np.int64)
     return ids, rows
+
+
+def _nan_excluded(by_layer) -> list[dict]:
+    """Per (layer, language) file with samples that had NaN/Inf values at extraction (nan_counts > 0):
+    how many, which, and the policy that stored them. The reader gives these samples no rows."""
+    out = []
+    for layer in sorted(by_layer):
+        for lang, lf in by_layer[layer].items():
+            if lf.n_excluded:
+                out.append({"layer": layer, "language": lang, "samples": lf.n_excluded, "of": lf.n_samples,
+                            "nan_policy": lf.nan_policy,
+                            "sample_ids": [s for s, b in zip(lf.sample_ids, lf.excluded.tolist()) if b]})
+    return out
+
+
+def _nan_note(excluded: list[dict]) -> str:
+    """The one note that says which samples every computation left out for NaN/Inf values at extraction."""
+    policies = "; ".join(nan_policy_words(p) for p in sorted({e["nan_policy"] for e in excluded}))
+    files = ", ".join(f"layer {e['layer']} {e['language']} {e['samples']} of {e['of']}" for e in excluded[:20])
+    more = f", and {len(excluded) - 20} more files" if len(excluded) > 20 else ""
+    return (f"samples with NaN/Inf values at extraction (nan_counts > 0; {policies}) are left out of every probe, "
+            f"direction, cross-lingual comparison, CKA and SAE latent of their layer and language: {files}{more} "
+            "(analysis.json nan_excluded lists them)")
 
 
 def _label_leaks(by_layer, languages, opts: Options) -> dict | None:
@@ -243,7 +270,10 @@ def _analyze(layer_files: list[Path], out_dir: Path, sae_dirs: dict | None, opts
         by_layer, languages = _index_files([Path(p) for p in layer_files])
         cka_ids, cka_rows = _cka_subset(by_layer, languages, opts)
         leaks = _label_leaks(by_layer, languages, opts)
+        nan_excluded = _nan_excluded(by_layer)
     layers = sorted(by_layer)
+    if nan_excluded:
+        notes.add(_nan_note(nan_excluded), stage="nan")
     leaking = {lang for lang, n in (leaks or {}).items() if n["leaking"]}
     sae_dirs = dict(sae_dirs or {})
     for key in sae_dirs:
@@ -271,7 +301,8 @@ def _analyze(layer_files: list[Path], out_dir: Path, sae_dirs: dict | None, opts
                 lf = by_layer[layer][lang]
                 inputs.append({"file": str(lf.path), "layer": layer, "language": lang,
                                "token_selection": lf.token_selection, "layout": lf.layout, "dtype": lf.dtype,
-                               "samples": lf.n_samples, "token_kinds": lf.token_kinds is not None})
+                               "samples": lf.n_samples, "token_kinds": lf.token_kinds is not None,
+                               "nan_policy": lf.nan_policy, "nan_excluded": lf.n_excluded})
                 plan, skipped = plan_views(lf.token_selection, lf.token_kinds is not None, opts.views)
                 for msg in skipped:
                     notes.add(msg, layer, lang, stage="views")
@@ -297,9 +328,11 @@ def _analyze(layer_files: list[Path], out_dir: Path, sae_dirs: dict | None, opts
                 with timer("read_pool" if sae_pooler is None else "read_pool_sae"):
                     views = pool_file(lf, plan, opts.chunk_bytes, consumers)
                 for view, p in list(views.items()):
-                    missing = lf.n_samples - p.n_valid
+                    missing = lf.n_samples - p.n_valid - lf.n_excluded   # the excluded ones have their own note
                     if p.n_valid == 0:
-                        notes.add(f"view {view!r} skipped: no sample has a position of it", layer, lang, view, "views")
+                        why = ("every sample had NaN/Inf values at extraction" if lf.n_excluded == lf.n_samples
+                               else "no sample has a position of it")
+                        notes.add(f"view {view!r} skipped: {why}", layer, lang, view, "views")
                         del views[view]
                     elif missing:
                         notes.add(f"{missing} of {lf.n_samples} samples left out of view {view!r}: no position of "
@@ -373,7 +406,7 @@ def _analyze(layer_files: list[Path], out_dir: Path, sae_dirs: dict | None, opts
             from layerwise.analysis.report import write_report
 
             written[outputs.REPORT] = str(write_report(tables, notes.items,
-                                                       _summary_facts(layers, languages, opts, leaks),
+                                                       _summary_facts(layers, languages, opts, leaks, nan_excluded),
                                                        out_dir / outputs.REPORT))
     timings = dict(timer.seconds)
     timings["total"] = time.perf_counter() - t_start
@@ -381,6 +414,7 @@ def _analyze(layer_files: list[Path], out_dir: Path, sae_dirs: dict | None, opts
         "options": {k: (v if k not in ("groups", "label_leaks") else (None if v is None else f"{len(v)} samples"))
                     for k, v in asdict(opts).items()},
         "layers": layers, "languages": languages, "cka_samples": len(cka_ids), "label_leaks": leaks,
+        "nan_excluded": nan_excluded,
         "inputs": inputs, "sae_dirs": {str(k): str(v) for k, v in sae_dirs.items()},
         "notes": notes.items, "timings": timings, "outputs": written, "versions": _versions(),
     }
@@ -537,9 +571,11 @@ def _transfer_fields(n: int, scores: dict | None) -> dict:
             "centered_transfer_std": float(scores["centered_transfer"].std())}
 
 
-def _summary_facts(layers, languages, opts: Options, leaks: dict | None = None) -> dict:
+def _summary_facts(layers, languages, opts: Options, leaks: dict | None = None,
+                   nan_excluded: list[dict] | None = None) -> dict:
     return {"layers": layers, "languages": languages, "folds": opts.folds, "permutations": opts.permutations,
-            "seed": opts.seed, "classes": list(opts.classes), "views": list(opts.views), "label_leaks": leaks}
+            "seed": opts.seed, "classes": list(opts.classes), "views": list(opts.views), "label_leaks": leaks,
+            "nan_excluded": nan_excluded or []}
 
 
 def _versions() -> dict:

@@ -37,14 +37,8 @@ def standardized_mean_difference(scores: np.ndarray, y: np.ndarray) -> np.ndarra
 
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
-    """BH-adjusted p-values (q-values): reject at FDR alpha where q <= alpha."""
+    """BH-adjusted p-values (q-values, scipy's `false_discovery_control`): reject at FDR alpha where q <= alpha."""
     p = np.asarray(p, dtype=np.float64)
-    m = len(p)
-    if m == 0:
+    if len(p) == 0:
         return p.copy()
-    order = np.argsort(p)
-    ranked = p[order] * m / np.arange(1, m + 1)
-    q_sorted = np.minimum.accumulate(ranked[::-1])[::-1]
-    q = np.empty(m)
-    q[order] = np.clip(q_sorted, 0.0, 1.0)
-    return q
+    return _st.false_discovery_control(p, method="bh")

@@ -20,7 +20,7 @@ PROG = "layerwise"
 # Every command, in the order `layerwise --help` lists them (pyproject.toml names a
 # `layerwise-<command>` script for each, and bin/ a `layerwise-<command>` symlink to bin/layerwise).
 COMMANDS = ("preflight", "extract", "publish", "validate", "train-sae", "publish-sae", "analyze", "select-latents",
-            "intervene", "summarize-intervention", "label", "compare", "versions")
+            "intervene", "summarize-intervention", "record-inputs", "label", "compare", "versions")
 
 
 def module_name(command: str) -> str:

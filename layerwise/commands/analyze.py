@@ -7,11 +7,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from layerwise.analysis.params import ANALYSIS_PARAMS, analysis_defaults
-
-
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in text.split(",") if x.strip())
+from layerwise.analysis.params import ANALYSIS_PARAMS, analysis_defaults, converter, split_csv
 
 
 def main(argv=None) -> int:
@@ -24,15 +20,14 @@ def main(argv=None) -> int:
     # The options the pipeline exposes as analysis_<option> params: names, types, help and defaults from
     # layerwise.analysis.params (defaults: layerwise.analysis.run.Options)
     defaults = analysis_defaults()
-    for name, (typ, desc, _) in ANALYSIS_PARAMS.items():
+    for name, (_type, desc, _) in ANALYSIS_PARAMS.items():
         default = defaults[name]
-        conv = {"integer": int, "number": float}.get(typ, _csv)
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=conv, default=default,
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=converter(name), default=default,
                        help=f"{desc} (default {','.join(default) if isinstance(default, tuple) else default})")
     p.add_argument("--n-jobs", type=int, default=1, help="parallel permutation fits (joblib; default 1)")
     p.add_argument("--samplesheet", type=Path, help="samplesheet.valid.csv: group folds by image, and mark the views "
                    "that read a caption holding the label's word (its label_leaks column)")
-    p.add_argument("--sae-views", type=_csv, help="views encoded by the SAEs (default: every pooled view)")
+    p.add_argument("--sae-views", type=split_csv, help="views encoded by the SAEs (default: every pooled view)")
     p.add_argument("--sae-device", default="cpu")
     p.add_argument("--chunk-mb", type=int, default=64, help="float32 working set per chunk of samples")
     p.add_argument("--threads", type=int, default=1,

@@ -19,6 +19,8 @@ def main(argv=None) -> int:
     p.add_argument("--combined", action="store_true", help="also write activations_{language}_all_layers.pt")
     p.add_argument("--run-id", default=None, help="Nextflow session id: the outdir lock must be this run's")
     p.add_argument("--run-name", default=None)
+    p.add_argument("--rewrites", default="", help="comma-separated stage folders this run writes again (e.g. sae): "
+                   "not checked against the published files (their own publishing replaces them)")
     p.add_argument("--stub", action="store_true", help="for -stub-run: link and record the files, validate nothing")
     p.add_argument("unit_dirs", nargs="+", type=Path, metavar="UNIT_DIR", help="one output folder per extraction unit")
     args = p.parse_args(argv)
@@ -31,7 +33,8 @@ def main(argv=None) -> int:
         print(f"stub: linked {len(meta['published'])} layer files into {args.outdir}")
         return 0
     meta = publish_run(plan, args.samplesheet, args.unit_dirs, args.outdir, mode=args.mode, combined=args.combined,
-                       run_id=args.run_id, run_name=args.run_name, plan_file=args.plan)
+                       run_id=args.run_id, run_name=args.run_name, plan_file=args.plan,
+                       rewrites=tuple(x for x in args.rewrites.split(",") if x))
     hows = {}
     for rec in meta["published"]:
         hows[rec["how"]] = hows.get(rec["how"], 0) + 1

@@ -76,10 +76,12 @@ def main(argv=None) -> int:
         recs = train_layer_sae(paths, args.out_dir, options)
         records += recs
         val = next(r for r in recs if r["split"] == "validation")
+        left_out = sum(n for r in recs for n in r["excluded_samples"].values())
         print(f"layer {layer} ({val['language']}: {val['languages']}): {val['architecture']} d_sae={val['d_sae']}, "
               f"held-out explained variance {val['explained_variance']:.4f}, L0 {val['mean_l0']:.1f}, "
-              f"dead {val['dead_fraction']:.3f}, {val['tokens_seen']} tokens seen -> {args.out_dir / val['sae_dir']}",
-              flush=True)
+              f"dead {val['dead_fraction']:.3f}, {val['tokens_seen']} tokens seen in {val['steps']} steps"
+              + (f", {left_out} (sample, language) pair(s) left out for NaN/Inf values" if left_out else "")
+              + f" -> {args.out_dir / val['sae_dir']}", flush=True)
     path = write_metrics(records, args.metrics or args.out_dir / METRICS_TABLE)
     print(f"{len(records)} metric records -> {path}")
     return 0

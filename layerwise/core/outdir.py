@@ -18,3 +18,9 @@ PIPELINE_INFO: str = _NAMES["pipeline_info"]
 SUPERSEDED_DIR: str = _NAMES["superseded_dir"]        # earlier runs' files that are not part of this result
 LAYER_DIR: str = _NAMES["layer_dir"]                  # the published per-(layer, language) files
 STATUS_INCOMPLETE: str = _NAMES["status_incomplete"]
+STAGE_RECORD: str = _NAMES["stage_record"]            # <stage>/inputs.json: the outdir files a stage was computed from
+SAE_DIR: str = _NAMES["sae_dir"]
+ANALYSIS_DIR: str = _NAMES["analysis_dir"]
+INTERVENTION_DIR: str = _NAMES["intervention_dir"]
+# The stage folders after publishing, in the order they depend on each other (an intervention reads SAEs)
+STAGE_DIRS: tuple[str, ...] = (SAE_DIR, ANALYSIS_DIR, INTERVENTION_DIR)

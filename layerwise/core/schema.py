@@ -4,6 +4,8 @@ from __future__ import annotations
 from layerwise.core.outdir import METADATA_JSON  # noqa: F401 (re-exported with the other file names)
 
 TOKEN_SELECTIONS = ("all", "text", "caption", "mean", "last")
+# The selections that store one vector per sample (pooled over positions, or the last one), not token rows
+PER_SAMPLE_SELECTIONS = ("mean", "last")
 LAYOUTS = ("padded", "ragged")
 NAN_POLICIES = ("zero", "fail", "keep")
 # --dtype values; "auto" is resolved per device by layerwise.models.loading.resolve_dtype
@@ -70,6 +72,19 @@ TOKEN_KINDS = {
     "prompt": 3,     # the instruction text of the user turn
     "caption": 4,    # the caption (model turn, after its header)
     "template": 5,   # chat-template tokens: turn markers, role names, image delimiters, newlines
+}
+
+# The token kinds each --token_selection can store (every family; a sample may have fewer). `mean` stores one
+# row per sample, pooled over the caption positions, with kind `caption`; `caption` keeps the model turn from the
+# caption's first token on (the turn end after it is `template`); `last` keeps the last position (the turn end, or
+# the caption's last token). Extraction checks every stored position against this table (extract.unit.plan_layout),
+# and PREFLIGHT refuses SAE token-kind filters that keep none of a selection's kinds.
+SELECTION_KINDS = {
+    "all": ("bos", "image", "prompt", "caption", "template"),
+    "text": ("bos", "prompt", "caption", "template"),
+    "caption": ("caption", "template"),
+    "mean": ("caption",),
+    "last": ("caption", "template"),
 }
 
 # What validation writes into --outdir (besides the layer files).

@@ -164,6 +164,8 @@ def plan_layout(builder: InputBuilder, kinds: TokenKinds, samples, prompt: str, 
     layer files can be created at their final size up front.
     """
     lengths, ids_out, kinds_out = [], [], []
+    # the kinds this selection may store (schema.SELECTION_KINDS: what PREFLIGHT checks the SAE filters against)
+    allowed = torch.tensor([schema.TOKEN_KINDS[k] for k in schema.SELECTION_KINDS[selection]], dtype=torch.int8)
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
         batch = builder.encode([blank_image(builder.family, s.image) for s in chunk], [prompt] * len(chunk),
@@ -173,10 +175,17 @@ def plan_layout(builder: InputBuilder, kinds: TokenKinds, samples, prompt: str, 
         for i in range(len(chunk)):
             if selection == "mean":
                 ids_i = torch.full((1,), schema.PAD_TOKEN_ID, dtype=torch.int64)
-                kinds_i = torch.full((1,), schema.TOKEN_KINDS["caption"], dtype=torch.int8)
+                kinds_i = torch.full((1,), schema.TOKEN_KINDS[schema.SELECTION_KINDS["mean"][0]], dtype=torch.int8)
             else:
                 ids_i = batch.input_ids[i][keep[i]].to(torch.int64)
                 kinds_i = batch_kinds[i][keep[i]]
+            if not bool(torch.isin(kinds_i, allowed).all()):
+                names = {v: k for k, v in schema.TOKEN_KINDS.items()}
+                found = sorted({names[int(k)] for k in kinds_i[~torch.isin(kinds_i, allowed)].tolist()})
+                raise LayerwiseError(f"sample {chunk[i].sample_id}: --token-selection {selection} stores token kind(s) "
+                                     f"{', '.join(found)}, which layerwise.core.schema.SELECTION_KINDS does not list "
+                                     f"for it ({', '.join(schema.SELECTION_KINDS[selection])}): a layerwise bug, "
+                                     "please report it")
             lengths.append(int(ids_i.shape[0]))
             ids_out.append(ids_i.clone())
             kinds_out.append(kinds_i.clone())

@@ -205,7 +205,10 @@ def class_statistics(lf: LayerFile, sae: Any, sample_ids: set[str], pool_kinds: 
     counts = _pool_counts(lf, codes).numpy()
     label = np.array([GENDER_CLASSES.index(g) if g in GENDER_CLASSES else -1 for g in lf.genders])
     chosen = np.array([s in sample_ids for s in lf.sample_ids], dtype=bool) & (label >= 0)
-    skipped = int((chosen & (counts == 0)).sum())
+    # samples with NaN/Inf at extraction are not data (their rows were zeroed or kept non-finite)
+    nonfinite = chosen & lf.excluded.numpy()
+    chosen &= ~nonfinite
+    skipped = int((chosen & (counts == 0)).sum()) + int(nonfinite.sum())
     idx = np.flatnonzero(chosen & (counts > 0))
     dtype, device = _sae_dtype_device(sae)
     max_rows = max(1, int(chunk_bytes) // (4 * lf.hidden_size))
@@ -304,6 +307,17 @@ def latent_table(stats: dict[str, Any], *, layer: int, feature_language: str, sa
 
 
 # --------------------------------------------------------------------------------------------- entry point
+def refuse_per_sample_files(files: Sequence[LayerFile], sae_name: str) -> None:
+    """The hooks apply an SAE to the residual stream at every position the model writes: its latents mean
+    something there only if it was trained on token rows, not on one pooled (or last-position) vector per sample."""
+    selections = sorted({lf.token_selection for lf in files} & set(schema.PER_SAMPLE_SELECTIONS))
+    if selections:
+        raise LayerwiseError(
+            f"SAE {sae_name}: its layer files hold one vector per sample (--token_selection {selections[0]}), but the "
+            "intervention applies the SAE to every token position while the model writes captions; extract per-token "
+            "rows (--token_selection all, text or caption) and train the SAEs on them")
+
+
 def _open(f: str | os.PathLike | LayerFile) -> LayerFile:
     return f if isinstance(f, LayerFile) else open_layer_file(f)
 
@@ -326,6 +340,7 @@ def select_latents(layer_files: Sequence[str | os.PathLike | LayerFile] | str | 
     files = [_open(f) for f in layer_files]
     if not files:
         raise LayerwiseError(f"{folder.name}: no layer files given for the latent selection")
+    refuse_per_sample_files(files, folder.name)
     by_lang: dict[str, LayerFile] = {}
     for lf in files:
         if lf.language in by_lang:

@@ -14,7 +14,10 @@ says plainly that it does not.
    default; `loader.open_layers` opens all layers at once without it);
 4. moves files of earlier runs that are not part of this result into `superseded/<time>/`;
 5. validates the files as they now are in the outdir (checksums against what their writers
-   recorded, shapes, samples, values) and writes the metadata, Parquet tables and report.
+   recorded, shapes, samples, values) and writes the metadata, Parquet tables and report;
+6. moves aside every stage folder (sae/, analysis/, intervention/) that was not computed from exactly the
+   files just published (its record `<stage>/inputs.json`, layerwise.core.provenance), whatever stages
+   this run enables: the outdir never holds SAEs or an analysis of other data beside these layer files.
    `extraction_metadata.json` lists every published file with its sha256; on failure it says
    FAILED and lists what is wrong.
 """
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -42,21 +44,13 @@ from layerwise.core.outdir import (
     STATUS_INCOMPLETE,
     SUPERSEDED_DIR,
 )
+from layerwise.core.provenance import foreign_stage_folders, sha256_file
 from layerwise.publish.merge import combine_layers, merge_shards
 
 PUBLISH_MODES = ("link", "copy")
 # Result paths this pipeline owns in an outdir (anything else there is left alone).
 MANAGED_GLOBS = (f"{LAYER_DIR}/*", "activations_*_all_layers.pt", "metadata/*.parquet", "validation_report.html",
                  f"{PIPELINE_INFO}/plan.json", f"{PIPELINE_INFO}/samplesheet.valid.csv")
-_HASH_BLOCK = 8 << 20
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_BLOCK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _now() -> str:
@@ -176,7 +170,8 @@ def _reusable(target: Path, record: dict | None, sources: list[str]) -> bool:
 
 def publish_run(plan: dict, samplesheet: Path, unit_dirs: list[Path], outdir: Path, *, mode: str = "link",
                 combined: bool = False, run_id: str | None = None, run_name: str | None = None,
-                plan_file: Path | None = None) -> dict[str, Any]:
+                plan_file: Path | None = None, rewrites: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`rewrites`: the stage folders this run writes again (their own publishing replaces them)."""
     from layerwise.publish.validate import validate
 
     if mode not in PUBLISH_MODES:
@@ -263,6 +258,7 @@ def publish_run(plan: dict, samplesheet: Path, unit_dirs: list[Path], outdir: Pa
     for rel in _report_paths():
         if (outdir / rel).is_file():
             published.append({"path": rel, "how": "written", "sha256": sha256_file(outdir / rel)})
+    superseded += supersede_foreign_stages(outdir, {p["path"]: p["sha256"] for p in published}, rewrites)
     metadata.update(run_name=run_name, published=_with_sizes(outdir, published), superseded=superseded,
                     publish_mode=mode)
     atomic_write_json(outdir / METADATA_JSON, metadata)
@@ -295,6 +291,23 @@ def _damaged_sources(exc: LayerwiseError, published: list[dict]) -> list[str]:
                 shutil.rmtree(d, ignore_errors=True)
                 removed.append(d)
     return removed
+
+
+def supersede_foreign_stages(outdir: Path, published: dict[str, str], rewrites: tuple[str, ...] = ()) -> list[str]:
+    """Move stage folders that do not belong to the files just published into superseded/<time>/."""
+    foreign = foreign_stage_folders(outdir, published, skip=tuple(rewrites))
+    if not foreign:
+        return []
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    moved = []
+    for stage, why in foreign:
+        dest = outdir / SUPERSEDED_DIR / stamp / stage
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(outdir / stage, dest)
+        moved.append(f"{stage}/")
+        print(f"layerwise: {stage}/ does not belong to the layer files of this run ({why}): moved to "
+              f"{dest.relative_to(outdir)}", file=sys.stderr)
+    return moved
 
 
 def supersede_stale(outdir: Path, keep: set[str]) -> list[str]:

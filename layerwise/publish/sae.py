@@ -3,12 +3,15 @@
 Each folder's files are hard-linked (copied across file systems) into a hidden partial folder that
 replaces the published one in one rename, so a reader sees a whole old SAE or a whole new one.
 Folders of earlier runs that this run did not train (other layers, pooled vs per-language) move to
-<outdir>/superseded/<time>/sae/. metrics.parquet, written last, lists exactly this run's SAEs: its
-presence says the sae/ folder is complete.
+<outdir>/superseded/<time>/sae/. metrics.parquet lists exactly this run's SAEs; the record sae/inputs.json,
+written last, names the published layer files every SAE was trained on (each folder's `trained_on.json`,
+checked against extraction_metadata.json) and the sha256 of every SAE file: the later stages record it, and
+PUBLISH_RESULTS moves sae/ aside when a later run publishes other layer files.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -16,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from layerwise.core.errors import LayerwiseError
+from layerwise.core.outdir import LAYER_DIR, METADATA_JSON, SAE_DIR
+from layerwise.core.provenance import sha256_file, write_record
 from layerwise.publish.outdir import SUPERSEDED_DIR, place
 from layerwise.sae.metrics import write_metrics
 from layerwise.sae.outputs import METRICS_TABLE, collect_metrics, partial_folder, publish
 
-SAE_DIR = "sae"
+TRAINED_ON = "trained_on.json"     # in each SAE folder: {layer file name: sha256} it was trained on (TRAIN_SAE)
 REPORT_HTML = "report.html"
 
 
@@ -42,6 +47,7 @@ def publish_saes(sae_dirs: Sequence[str | os.PathLike], outdir: str | os.PathLik
     for d in dirs:
         if not (d / "cfg.json").is_file():
             raise LayerwiseError(f"{d}: not an SAE folder (no cfg.json)")
+    inputs = trained_on(dirs, Path(outdir))
     root = Path(outdir) / SAE_DIR
     root.mkdir(parents=True, exist_ok=True)
     (root / METRICS_TABLE).unlink(missing_ok=True)       # absent until this run's set is complete
@@ -64,5 +70,31 @@ def publish_saes(sae_dirs: Sequence[str | os.PathLike], outdir: str | os.PathLik
 
         write_report(records, root / REPORT_HTML)
     write_metrics(records, root / METRICS_TABLE)
+    outputs = {f.relative_to(outdir).as_posix(): sha256_file(f)
+               for name in sorted(names) for f in sorted((root / name).rglob("*")) if f.is_file()}
+    write_record(root, SAE_DIR, inputs, outputs)
     return {"saes": sorted(names), "records": len(records), "superseded": moved,
             "metrics": str(root / METRICS_TABLE)}
+
+
+def trained_on(dirs: Sequence[Path], outdir: Path) -> dict[str, str]:
+    """{outdir path: sha256} of the layer files the SAEs were trained on, each checked against the files
+    PUBLISH_RESULTS has verified in this outdir (extraction_metadata.json)."""
+    try:
+        meta = json.loads((outdir / METADATA_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LayerwiseError(f"{outdir / METADATA_JSON}: cannot read the published layer files: {exc}") from None
+    published = {r["path"]: r["sha256"] for r in meta.get("published", []) if isinstance(r, dict) and "path" in r}
+    inputs: dict[str, str] = {}
+    for d in dirs:
+        try:
+            used = json.loads((d / TRAINED_ON).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise LayerwiseError(f"{d}: no {TRAINED_ON}: which layer files this SAE was trained on is unknown") from None
+        for name, sha in sorted(used.items()):
+            rel = f"{LAYER_DIR}/{name}"
+            if published.get(rel) != sha:
+                raise LayerwiseError(f"SAE {d.name} was trained on {name} {str(sha)[:12]}, but the outdir holds "
+                                     f"{(published.get(rel) or 'no such file')[:12]}: it belongs to another run's data")
+            inputs[rel] = sha
+    return inputs

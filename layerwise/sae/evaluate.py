@@ -15,10 +15,12 @@ from layerwise.sae.split import VALIDATION
 
 def evaluate_split(sae: Any, layer_files: Sequence[str | os.PathLike | LayerSource], options: SAEOptions | None = None,
                    split: str = VALIDATION, device: str = "cpu") -> dict[str, Any]:
-    """explained_variance, fvu, mse, mean_l0, dead_fraction, tokens and samples of `sae` on `split`.
+    """explained_variance, fvu, mse, mean_l0, dead_fraction, tokens and samples of `sae` on `split`, and
+    excluded_samples ({language: samples of the split left out for NaN/Inf values at extraction}).
 
     `options` chooses the rows exactly as for training: `language`, `keep_kinds`/`drop_kinds`,
-    `validation_fraction`/`split_seed`, `batch_size` (rows per forward) and `dtype`."""
+    `validation_fraction`/`split_seed`, `batch_size` (rows per forward) and `dtype`; samples with
+    `nan_counts > 0` are never used."""
     options = options or SAEOptions()
     if all(isinstance(s, LayerSource) for s in layer_files):
         sources = list(layer_files)
@@ -26,4 +28,5 @@ def evaluate_split(sae: Any, layer_files: Sequence[str | os.PathLike | LayerSour
         sources = open_sources([s.path if isinstance(s, LayerSource) else s for s in layer_files])
     sources = select_sources(sources, options.language)
     data = ActivationProvider.for_split(sources, options, split, shuffle=False, epochs=1, drop_last=False)
-    return {**reconstruction_stats(sae, data, device), "samples": data.num_samples}
+    return {**reconstruction_stats(sae, data, device), "samples": data.num_samples,
+            "excluded_samples": dict(data.excluded)}

@@ -26,6 +26,12 @@ POOLED = "pooled"                      # `language` value: every language's file
 ALL_KINDS = "all"                      # `keep_kinds` value: every stored kind except padding
 NO_KINDS = "none"                      # `drop_kinds` value: drop nothing (besides padding)
 SELECTABLE_KINDS = tuple(k for k in schema.TOKEN_KINDS if k != "pad")
+# Fewer optimizer steps than this get a warning (task log, training.json, the SAE report). With Adam each
+# step moves a weight by about `lr` at most (3e-4 by default), so 100 steps move it by ~0.03, about the scale
+# of its random initialisation (1/sqrt(d_in) ≈ 0.02-0.1): below that the SAE is mostly its initialisation.
+# SAELens's dead-latent window (a tenth of the steps) and the lr decay (the last 20 %) also stop meaning
+# anything at a handful of steps. Typical SAE runs take thousands of steps (docs/sae.md).
+MIN_STEPS = 100
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -133,9 +139,15 @@ class SAEOptions:
                                   f"d_sae={self.d_sae}, expansion_factor={self.expansion_factor}, d_in={d_in})")
         return d_sae
 
-    def check_run(self, d_in: int, sample_ids: Sequence[str]) -> int:
+    def check_run(self, d_in: int, sample_ids: Sequence[str], token_selection: str | None = None,
+                  rows_per_sample: Mapping[str, Sequence[int]] | None = None, per_language: bool = False) -> int:
         """The checks that need the model and the samples (PREFLIGHT runs them before any job): the width
-        fits d_in and k, and both splits get samples. Returns d_sae."""
+        fits d_in and k, both splits get samples, the token-kind filters keep some kind that `token_selection`
+        stores, and the projected training rows fill at least one batch. Returns d_sae.
+
+        `rows_per_sample` ({language: rows of each sample, in `sample_ids` order}, an upper bound: see
+        `projected_rows_per_sample`) and `per_language` (one SAE per language, not pooled) size the projection;
+        without `rows_per_sample` the rows are not checked."""
         from layerwise.sae.split import TRAIN, VALIDATION, split_ids
 
         d_sae = self.width(d_in)
@@ -146,7 +158,45 @@ class SAEOptions:
                     f"SAE options 'validation_fraction' ({self.validation_fraction}) and 'split_seed' "
                     f"({self.split_seed}) leave the {name} split of the {len(ids[TRAIN]) + len(ids[VALIDATION])} "
                     "samples empty (the split is by sample): change them or use more samples")
+        if token_selection is not None:
+            self.check_selection(token_selection)
+        if rows_per_sample:
+            rows, what = projected_train_rows(self, sample_ids, rows_per_sample, per_language, token_selection)
+            self.check_rows(rows, what)
         return d_sae
+
+    def check_selection(self, token_selection: str, where: str = "") -> None:
+        """The kinds kept by 'keep_kinds'/'drop_kinds' meet the kinds `token_selection` stores
+        (`schema.SELECTION_KINDS`); else no row could ever be trained on."""
+        stored = schema.SELECTION_KINDS.get(token_selection)
+        if stored is None:          # not a selection layerwise knows: the extraction's own check names it
+            return
+        kept = self.kept_kind_names()
+        if not set(kept) & set(stored):
+            raise SAEOptionsError(
+                f"SAE options 'keep_kinds' ({self.keep_kinds!r}) and 'drop_kinds' ({self.drop_kinds!r}) keep token "
+                f"kind(s) {', '.join(kept)}, but the token selection {token_selection!r} (--token_selection){where} "
+                f"stores only {', '.join(stored)}: no row would be left to train on. Keep some of "
+                f"{', '.join(stored)}, or extract with a --token_selection that stores "
+                f"{', '.join(kept)} ({', '.join(sel for sel, kinds in schema.SELECTION_KINDS.items() if set(kept) & set(kinds))})")
+
+    def check_rows(self, train_rows: int, what: str) -> None:
+        """At least one full batch of training rows: else the epoch budget is one optimizer step of a
+        batch that repeats the same rows."""
+        if train_rows < self.batch_size:
+            budget = self.training_tokens if self.training_tokens > 0 else self.epochs * train_rows
+            raise SAEOptionsError(
+                f"SAE option 'batch_size' ({self.batch_size}) is larger than the {what}: the whole training "
+                f"would be one optimizer step on repeated rows. Lower 'batch_size' (e.g. to "
+                f"{max(1, int(budget) // MIN_STEPS)} for {MIN_STEPS} steps), or use more samples or a token "
+                "selection that stores more rows")
+
+    def budget(self, train_rows: int) -> tuple[int, int]:
+        """(optimizer steps, rows the trainer consumes): `epochs` passes over the training rows, or
+        `training_tokens` rows, rounded down to whole batches (at least one)."""
+        rows = self.training_tokens if self.training_tokens > 0 else int(round(self.epochs * train_rows))
+        steps = max(1, rows // self.batch_size)
+        return steps, steps * self.batch_size
 
     def resolved_device(self) -> str:
         if self.device != "auto":
@@ -166,6 +216,47 @@ class SAEOptions:
         if unknown:
             raise SAEOptionsError(f"unknown SAE option(s): {', '.join(unknown)} (known: {', '.join(sorted(names))})")
         return cls(**{k: _coerce(f, values[k]) for f in fields(cls) if (k := f.name) in values})
+
+
+def projected_rows_per_sample(token_selection: str, languages: Sequence[str], n_samples: int,
+                              caption_stats: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, list[int]] | None:
+    """{language: rows each sample will store}, an upper bound of the rows an SAE can train on, from what
+    PREFLIGHT knows before extraction: `mean`/`last` store one row per sample and language; `all` and `text`
+    at most the sample's whole sequence, `caption` its positions from the caption on (`caption_stats`:
+    `preflight.caption_check.check_captions`'s result, "positions"/"caption_positions"). Token-kind filters
+    are not subtracted (an upper bound). None when the rows are unknown (no caption statistics)."""
+    if token_selection in schema.PER_SAMPLE_SELECTIONS:
+        return {lang: [1] * n_samples for lang in languages}
+    key = {"all": "positions", "text": "positions", "caption": "caption_positions"}.get(token_selection)
+    if key is None or not caption_stats:
+        return None
+    out = {}
+    for lang in languages:
+        counts = (caption_stats.get(lang) or {}).get(key)
+        if counts is None or len(counts) != n_samples or any(c is None for c in counts):
+            return None
+        out[lang] = [int(c) for c in counts]
+    return out
+
+
+def projected_train_rows(options: SAEOptions, sample_ids: Sequence[str], rows_per_sample: Mapping[str, Sequence[int]],
+                         per_language: bool, token_selection: str | None = None) -> tuple[int, str]:
+    """(rows, what they are) of the smallest SAE's training split: every language pooled, or the smallest
+    language with `per_language`."""
+    from layerwise.sae.split import is_validation
+
+    train = [not is_validation(str(s), options.validation_fraction, options.split_seed) for s in sample_ids]
+    per_lang = {lang: sum(int(r) for r, t in zip(rows, train) if t) for lang, rows in rows_per_sample.items()}
+    n_train = sum(train)
+    selection = f"token selection {token_selection!r} (--token_selection)" if token_selection else "the planned positions"
+    bound = "" if token_selection in schema.PER_SAMPLE_SELECTIONS else "at most "
+    if per_language:
+        lang = min(per_lang, key=per_lang.get)
+        return per_lang[lang], (f"projected training rows of the {lang} SAE ({bound}{per_lang[lang]}: {n_train} "
+                                f"training samples, {selection}, one SAE per language: --sae_per_language)")
+    total = sum(per_lang.values())
+    return total, (f"projected training rows ({bound}{total}: {n_train} training samples x {len(per_lang)} "
+                   f"language(s) pooled, {selection})")
 
 
 def _kinds(name: str, value: str, everything: str) -> tuple[str, ...] | None:

@@ -2,9 +2,12 @@
 
     <sae root>/layer_{L}/                (pooled languages)   or   layer_{L}_{language}/
         cfg.json, sae_weights.safetensors    the inference SAE: sae_lens.SAE.load_from_disk(folder)
-        split.json                           the samples of each split (held-out ids for the analysis)
-        metrics.json                         this SAE's metric records (the rows of metrics.parquet)
-        training.json                        options, input files, trainer figures, versions
+        split.json                           the samples of each split (held-out ids for the analysis), and the ones
+                                             left out for NaN/Inf values at extraction (excluded_nonfinite)
+        metrics.json                         this SAE's metric records (the rows of metrics.parquet, plus steps,
+                                             excluded_samples and notes)
+        training.json                        options, input files, trainer figures (steps), samples left out, notes,
+                                             versions
     <sae root>/metrics.parquet               every SAE's records (`write_metrics`)
 """
 from __future__ import annotations

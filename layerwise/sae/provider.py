@@ -13,6 +13,10 @@ Random row reads are slow on cluster file systems, so rows are never read one by
 4. the emitted rows are cut into batches of `batch_size` rows, converted to the training dtype.
 
 Host memory is the buffer plus a few chunks, whatever the size of the files.
+
+Samples with NaN/Inf values at extraction (`nan_counts > 0` in their layer file, whatever the
+`--nan_policy`: zeroed rows are not data, kept NaNs cannot be trained on) are left out of every
+provider, whatever the sample masks say; `excluded` counts them per language.
 """
 from __future__ import annotations
 
@@ -172,13 +176,20 @@ class ActivationProvider:
         self.chunks: list[Chunk] = []
         self.num_rows = 0
         ids: set[str] = set()
+        # language -> ids of the masked samples left out for NaN/Inf values at extraction (nan_counts > 0)
+        self.excluded_ids: dict[str, list[str]] = {}
         for si, (src, mask) in enumerate(zip(self.sources, sample_masks)):
+            bad = mask & src.excluded
+            self.excluded_ids.setdefault(src.language, []).extend(
+                sid for sid, b in zip(src.sample_ids, bad.tolist()) if b)
+            mask = mask & ~src.excluded
             counts = src.kept_counts(self.allowed)
             selected = mask & (counts > 0)
             self.chunks += plan_chunks(si, selected, src.stored_rows(), chunk_tokens)
             self.num_rows += int(counts[mask].sum())
             ids.update(sid for sid, m in zip(src.sample_ids, mask.tolist()) if m)
         self.num_samples = len(ids)        # distinct sample ids (a sample of several languages counts once)
+        self.excluded = {lang: len(v) for lang, v in self.excluded_ids.items()}   # language -> samples left out
         self.buffer_tokens = max(1, min(buffer_tokens, self.num_rows))
         self.read_ahead = True     # read the next chunk in a worker thread
 
@@ -201,8 +212,11 @@ class ActivationProvider:
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         if self.num_rows == 0:
+            left_out = sum(self.excluded.values())
+            why = (f" ({left_out} sample(s) left out for NaN/Inf values at extraction, nan_counts > 0)"
+                   if left_out else "")
             raise LayerwiseError(f"no rows to read: the selected samples of {', '.join(s.path for s in self.sources)} "
-                                 "have no position of the kept token kinds")
+                                 f"have no position of the kept token kinds{why}")
         generator = torch.Generator().manual_seed(self.seed)
         batcher = Batcher(self.batch_size, self.dtype, self.drop_last)
         file_dtype = self.sources[0].dtype

@@ -54,6 +54,21 @@ def _table(records: Sequence[dict[str, Any]]) -> str:
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
+def _notes(records: Sequence[dict[str, Any]]) -> str:
+    """The training notes of each SAE (metrics.json `notes`: samples left out for NaN/Inf values, few
+    optimizer steps), once per SAE folder; empty without notes."""
+    seen: dict[str, tuple[Any, list[str]]] = {}
+    for r in sorted(records, key=lambda r: (r["layer"], r["language"])):
+        if r.get("notes") and r["sae_dir"] not in seen:
+            seen[r["sae_dir"]] = (r.get("steps"), list(r["notes"]))
+    if not seen:
+        return ""
+    rows = "".join(f"<tr><td>{html.escape(str(d))}</td><td>{html.escape(str(steps if steps is not None else ''))}</td>"
+                   f"<td>{'<br>'.join(html.escape(n) for n in notes)}</td></tr>" for d, (steps, notes) in seen.items())
+    return (f'<h2 id="notes">Notes ({len(seen)} SAE(s))</h2>\n<table><tr><th>SAE</th><th>optimizer steps</th>'
+            f"<th>note</th></tr>{rows}</table>")
+
+
 def write_report(records: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
     path = Path(path)
     fig = metrics_plot(records)
@@ -71,6 +86,7 @@ def write_report(records: Sequence[dict[str, Any]], path: str | os.PathLike) -> 
 samples never used in training (split by sample: split.json in each folder). Explained variance is
 1 - SSE / total variance of the split (reconstructing every row by the mean scores 0).</p>
 {f'<img alt="SAE metrics by layer" src="data:image/png;base64,{fig}">' if fig else '<p>No SAE metrics.</p>'}
+{_notes(records)}
 <h2>Metrics (sae/metrics.parquet)</h2>
 {_table(records)}
 </body></html>

@@ -4,7 +4,10 @@
 stored rows of samples a..b-1 only (padded: `activations[a:b, :t]`, with t the longest of those
 samples; ragged: `activations[offsets[a]:offsets[b]]`) and returns the rows that are not padding
 and whose token kind is allowed. The small per-position tensors (`lengths`, `offsets`,
-`token_kinds`) are read whole: they are 1 byte (kinds) or 8 bytes (lengths) per position or sample.
+`token_kinds`, `nan_counts`) are read whole: they are 1 byte (kinds) or 8 bytes (lengths) per position or sample.
+
+A sample whose `nan_counts` is above 0 (NaN/Inf values at extraction, zeroed by `--nan_policy zero` or
+kept by `keep`) is not data: `excluded` marks it, and the provider never reads its rows.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import torch
 
 from layerwise.core import schema
 from layerwise.core.errors import LayerwiseError
-from layerwise.layerfile.reader import LayerFile, layer_file_from_dict, open_layer_file
+from layerwise.layerfile.reader import LayerFile, layer_file_from_dict, nan_policy_words, open_layer_file
 from layerwise.sae.options import POOLED
 
 
@@ -47,6 +50,12 @@ class LayerSource:
     token_kinds: torch.Tensor | None
     model_id: str = ""
     token_selection: str = ""
+    nan_counts: torch.Tensor | None = None   # int64 [N]: NaN/Inf values seen per sample at extraction
+    nan_policy: str = ""
+
+    def __post_init__(self) -> None:
+        if self.nan_counts is None:
+            self.nan_counts = torch.zeros(len(self.sample_ids), dtype=torch.int64)
 
     @classmethod
     def open(cls, path: str | os.PathLike, mmap: bool = True) -> LayerSource:
@@ -62,11 +71,20 @@ class LayerSource:
         return cls(path=str(lf.path), layer=lf.layer, language=lf.language, layout=lf.layout,
                    hidden_size=lf.hidden_size, sample_ids=lf.sample_ids, lengths=lf.lengths, offsets=lf.offsets,
                    activations=lf.activations, token_kinds=lf.token_kinds, model_id=lf.model_id,
-                   token_selection=lf.token_selection)
+                   token_selection=lf.token_selection, nan_counts=lf.nan_counts, nan_policy=lf.nan_policy)
 
     @property
     def num_samples(self) -> int:
         return len(self.sample_ids)
+
+    @property
+    def excluded(self) -> torch.Tensor:
+        """bool [N]: samples with NaN/Inf values at extraction (nan_counts > 0), never used."""
+        return self.nan_counts > 0
+
+    def policy_words(self) -> str:
+        """How the file's NaN/Inf rows were stored, for messages."""
+        return nan_policy_words(self.nan_policy)
 
     @property
     def dtype(self) -> torch.dtype:

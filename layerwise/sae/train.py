@@ -8,8 +8,11 @@ saved SAE on both splits and returns the metric records. SAELens is imported her
 """
 from __future__ import annotations
 
+import math
 import os
 import platform
+import shutil
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +22,7 @@ import torch
 
 from layerwise.core.errors import LayerwiseError
 from layerwise.sae.evaluate import evaluate_split
-from layerwise.sae.options import SAEOptions
+from layerwise.sae.options import MIN_STEPS, POOLED, SAEOptions
 from layerwise.sae.outputs import (
     METRICS_FILE,
     SPLIT_FILE,
@@ -86,9 +89,44 @@ def input_statistics(provider: ActivationProvider, n_batches: int) -> tuple[floa
 
 def training_budget(options: SAEOptions, train_rows: int) -> tuple[int, int]:
     """(steps, rows): the rows the trainer consumes, a whole number of batches (at least one)."""
-    rows = options.training_tokens if options.training_tokens > 0 else int(round(options.epochs * train_rows))
-    steps = max(1, rows // options.batch_size)
-    return steps, steps * options.batch_size
+    return options.budget(train_rows)
+
+
+def _excluded_note(providers: dict[str, ActivationProvider], sources) -> str | None:
+    """One sentence on the samples left out for NaN/Inf values at extraction, or None when there are none."""
+    counts = {split: {lang: n for lang, n in p.excluded.items() if n} for split, p in providers.items()}
+    if not any(counts.values()):
+        return None
+    parts = "; ".join(f"{split}: " + ", ".join(f"{lang} {n}" for lang, n in sorted(c.items()))
+                      for split, c in counts.items() if c)
+    policies = sorted({s.policy_words() for s in sources})
+    return (f"samples left out because extraction saw NaN/Inf values in them (nan_counts > 0 in their layer "
+            f"file; {'; '.join(policies)}): {parts}")
+
+
+def check_finite_parameters(sae, layer: int, options: SAEOptions, sources) -> None:
+    """Every parameter of the trained SAE is finite, else a LayerwiseError naming the likely causes."""
+    bad = [name for name, t in sae.named_parameters() if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise LayerwiseError(_nonfinite_message(layer, options, sources, f"non-finite (NaN/Inf) weights in {', '.join(bad)}"))
+
+
+def check_finite_metrics(records: list[dict[str, Any]], layer: int, options: SAEOptions, sources) -> None:
+    bad = [f"{r['split']} {key}={r[key]}" for r in records for key in FINITE_METRICS
+           if not math.isfinite(float(r[key]))]
+    if bad:
+        raise LayerwiseError(_nonfinite_message(layer, options, sources, f"non-finite metrics ({', '.join(bad)})"))
+
+
+FINITE_METRICS = ("explained_variance", "fvu", "mse", "mean_l0", "dead_fraction")
+
+
+def _nonfinite_message(layer: int, options: SAEOptions, sources, what: str) -> str:
+    files = ", ".join(Path(s.path).name for s in sources)
+    return (f"layer {layer}: the trained SAE has {what}; it is not published. Likely causes: a learning rate "
+            f"too high for these activations (SAE option 'lr' = {options.lr:g}, pipeline --sae_lr: try a tenth), "
+            f"or non-finite values in the input rows that nan_counts does not record (check {files} with "
+            "layerwise-validate), or a split whose rows are all the same (zero variance)")
 
 
 def train_layer_sae(layer_files: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
@@ -99,6 +137,8 @@ def train_layer_sae(layer_files: Sequence[str | os.PathLike], out_dir: str | os.
     if options.filters_kinds():
         for s in sources:
             s.require_kinds(f"the token-kind filter (keep_kinds={options.keep_kinds!r}, drop_kinds={options.drop_kinds!r})")
+    for s in sources:
+        options.check_selection(s.token_selection, f" of {Path(s.path).name}")
     layer, d_in = sources[0].layer, sources[0].hidden_size
     d_sae = options.width(d_in)
     device = options.resolved_device()
@@ -106,13 +146,36 @@ def train_layer_sae(layer_files: Sequence[str | os.PathLike], out_dir: str | os.
 
     train_data = ActivationProvider.for_split(sources, options, TRAIN)
     val_check = ActivationProvider.for_split(sources, options, VALIDATION, shuffle=False, epochs=1)
-    for name, p in ((TRAIN, train_data), (VALIDATION, val_check)):
+    providers = {TRAIN: train_data, VALIDATION: val_check}
+    for name, p in providers.items():
+        if p.num_samples == 0 and sum(p.excluded.values()):
+            raise LayerwiseError(
+                f"layer {layer}: every sample of the {name} split ({sum(p.excluded.values())} in "
+                f"{', '.join(Path(s.path).name for s in sources)}) had NaN/Inf values at extraction (nan_counts > 0; "
+                f"{'; '.join(sorted({s.policy_words() for s in sources}))}), so no sample is left to "
+                f"{'train' if name == TRAIN else 'validate'} on. Such rows are never used: find the cause of the "
+                "non-finite activations (the model's dtype: try --dtype float32) and extract again")
         if p.num_samples == 0 or p.num_rows == 0:
             raise LayerwiseError(
                 f"layer {layer}: the {name} split has {p.num_samples} samples and {p.num_rows} rows of the kept token "
                 f"kinds ({', '.join(options.kept_kind_names())}); change 'validation_fraction' "
                 f"({options.validation_fraction}) or 'split_seed', or use more samples")
+    options.check_rows(train_data.num_rows, f"training rows of layer {layer} ({train_data.num_rows}: "
+                       f"{train_data.num_samples} training samples, {'pooled ' if options.language == POOLED else ''}"
+                       f"{', '.join(languages)}, token selection {sources[0].token_selection!r}, kinds "
+                       f"{','.join(options.kept_kind_names())})")
     steps, total_rows = training_budget(options, train_data.num_rows)
+    notes = []
+    excluded_note = _excluded_note(providers, sources)
+    if excluded_note:
+        notes.append(excluded_note)
+    if steps < MIN_STEPS:
+        notes.append(f"only {steps} optimizer steps ({train_data.num_rows} training rows, batch_size "
+                     f"{options.batch_size}, {'training_tokens ' + str(options.training_tokens) if options.training_tokens else f'{options.epochs:g} epochs'}): "
+                     f"fewer than {MIN_STEPS}, the SAE may be little more than its initialisation; lower 'batch_size' "
+                     "or raise 'epochs'")
+    for note in notes:
+        print(f"WARNING: layer {layer}: {note}", file=sys.stderr, flush=True)
 
     sl = import_sae_lens()
     from sae_lens.config import SAETrainerConfig
@@ -154,36 +217,54 @@ def train_layer_sae(layer_files: Sequence[str | os.PathLike], out_dir: str | os.
         if isinstance(stream, PrefetchingIterator):
             stream.close()
     train_s = time.perf_counter() - started
+    # Never publish a diverged SAE: its weights (here, before anything is written) and its metrics (below,
+    # before the folder gets its final name) must be finite.
+    check_finite_parameters(sae, layer, options, sources)
 
     final = Path(out_dir) / sae_folder_name(layer, options.language)
     part = partial_folder(final)
-    sae.save_inference_model(part)
-    inference = sl.SAE.load_from_disk(part, device=device)   # evaluate exactly what was saved
+    try:
+        sae.save_inference_model(part)
+        inference = sl.SAE.load_from_disk(part, device=device)   # evaluate exactly what was saved
 
-    ids = split_ids((sid for s in sources for sid in s.sample_ids), options.validation_fraction, options.split_seed)
-    records = []
-    for split in (TRAIN, VALIDATION):
-        stats = evaluate_split(inference, sources, options, split, device)
-        records.append({
-            "layer": layer, "language": options.language, "languages": ",".join(languages),
-            "architecture": options.architecture, "d_in": d_in, "d_sae": d_sae,
-            "k": options.k if options.architecture == "topk" else 0, "split": split,
-            **stats, "tokens_seen": trainer.n_training_samples,
-            "epochs_seen": trainer.n_training_samples / train_data.num_rows, "sae_dir": final.name})
-    write_json(part / SPLIT_FILE, {
-        "layer": layer, "language": options.language, "languages": languages,
-        "validation_fraction": options.validation_fraction, "split_seed": options.split_seed,
-        "rule": "validation iff layerwise.sae.split.split_key(sample_id, split_seed) < validation_fraction",
-        TRAIN: ids[TRAIN], VALIDATION: ids[VALIDATION]})
-    write_json(part / METRICS_FILE, records)
-    write_json(part / TRAINING_FILE, {
-        "options": options.to_dict(), "layer_files": [s.path for s in sources], "layer": layer,
-        "languages": languages, "d_in": d_in, "d_sae": d_sae, "device": device, "steps": trainer.n_training_steps,
-        "tokens_seen": trainer.n_training_samples, "train_rows": train_data.num_rows,
-        "validation_rows": val_check.num_rows, "activation_scaling_factor": scaling,
-        "dead_feature_window_steps": dead_window, "train_seconds": round(train_s, 3),
-        "train_tokens_per_second": trainer.n_training_samples / train_s if train_s > 0 else None,
-        "hook_name": hook_name(layer), "model_id": sources[0].model_id,
-        "versions": {"sae_lens": sl.__version__, "torch": torch.__version__, "python": platform.python_version()}})
+        ids = split_ids((sid for s in sources for sid in s.sample_ids), options.validation_fraction, options.split_seed)
+        records = []
+        for split in (TRAIN, VALIDATION):
+            stats = evaluate_split(inference, sources, options, split, device)
+            records.append({
+                "layer": layer, "language": options.language, "languages": ",".join(languages),
+                "architecture": options.architecture, "d_in": d_in, "d_sae": d_sae,
+                "k": options.k if options.architecture == "topk" else 0, "split": split,
+                **stats, "tokens_seen": trainer.n_training_samples,
+                "epochs_seen": trainer.n_training_samples / train_data.num_rows, "sae_dir": final.name,
+                "steps": trainer.n_training_steps, "notes": notes})
+        check_finite_metrics(records, layer, options, sources)
+        excluded = {split: p.excluded_ids for split, p in providers.items()}
+        write_json(part / SPLIT_FILE, {
+            "layer": layer, "language": options.language, "languages": languages,
+            "validation_fraction": options.validation_fraction, "split_seed": options.split_seed,
+            "rule": "validation iff layerwise.sae.split.split_key(sample_id, split_seed) < validation_fraction",
+            TRAIN: ids[TRAIN], VALIDATION: ids[VALIDATION],
+            "excluded_nonfinite": {split: {lang: v for lang, v in by_lang.items() if v}
+                                   for split, by_lang in excluded.items()}})
+        write_json(part / METRICS_FILE, records)
+        write_json(part / TRAINING_FILE, {
+            "options": options.to_dict(), "layer_files": [s.path for s in sources], "layer": layer,
+            "languages": languages, "d_in": d_in, "d_sae": d_sae, "device": device, "steps": trainer.n_training_steps,
+            "planned_steps": steps, "min_steps": MIN_STEPS,
+            "tokens_seen": trainer.n_training_samples, "train_rows": train_data.num_rows,
+            "validation_rows": val_check.num_rows,
+            "train_samples": train_data.num_samples, "validation_samples": val_check.num_samples,
+            "excluded_samples": {split: dict(p.excluded) for split, p in providers.items()},
+            "excluded_sample_ids": excluded,
+            "nan_policies": {s.language: s.nan_policy for s in sources},
+            "notes": notes, "activation_scaling_factor": scaling,
+            "dead_feature_window_steps": dead_window, "train_seconds": round(train_s, 3),
+            "train_tokens_per_second": trainer.n_training_samples / train_s if train_s > 0 else None,
+            "hook_name": hook_name(layer), "model_id": sources[0].model_id,
+            "versions": {"sae_lens": sl.__version__, "torch": torch.__version__, "python": platform.python_version()}})
+    except BaseException:
+        shutil.rmtree(part, ignore_errors=True)     # no half-written folder left beside the published ones
+        raise
     publish(part, final)
     return records

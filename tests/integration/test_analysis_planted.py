@@ -12,8 +12,8 @@ runs on data whose answer is known (tests/planted_data.py), and its own ANALYZE_
 
 Plus: a view the stored token selection lacks is skipped with a note, the tables' columns, the
 report rendered in headless Chromium (scripts/screenshot-report.sh) and self-contained, and
-docs/output.md documenting every column. Two pipeline runs in all, shared by the tests (about
-3-5 minutes on a 2-core machine).
+docs/output.md documenting every column. Two pipeline runs in all, launched side by side and shared by
+the tests (about 2-3 minutes on a 2-core machine).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from PIL import Image
 
 from layerwise.analysis import outputs
 from layerwise.core import schema
-from tests.support.pipeline_helpers import ROOT, run_pipeline
+from tests.support.pipeline_helpers import ROOT, finish, kill_process_group, start_pipeline
 from tests.support.planted_data import write_caption_signal, write_image_signal
 
 N_SAMPLES = 40            # 20 per class: 8 held-out samples per fold
@@ -89,31 +89,43 @@ def show(df: pd.DataFrame) -> str:
 
 
 # -- the two pipeline runs ---------------------------------------------------------------------
-def _run(base: Path, data, *extra: str):
-    run = run_pipeline(base, "--input", data.samplesheet, "--prompts", data.prompts,
-                       "--languages", ",".join(data.languages), "--layer_groups", "1", "--samples_per_task", "0",
-                       "--analysis_folds", FOLDS, "--analysis_permutations", PERMUTATIONS, "--analysis_seed", 0,
-                       *extra, profile="test", timeout=RUN_TIMEOUT)
-    assert not run.timed_out and run.returncode == 0, run.failure_message()
-    analysis = run.outdir / "analysis"
-    assert (analysis / outputs.PROBES).is_file(), f"no {outputs.PROBES} from the pipeline\n{run.failure_message()}"
-    return run
+def _start(base: Path, data, *extra: str):
+    return start_pipeline(base, "--input", data.samplesheet, "--prompts", data.prompts,
+                          "--languages", ",".join(data.languages), "--layer_groups", "1", "--samples_per_task", "0",
+                          "--analysis_folds", FOLDS, "--analysis_permutations", PERMUTATIONS, "--analysis_seed", 0,
+                          *extra, profile="test")
 
 
 @pytest.fixture(scope="module")
-def image_run(tmp_path_factory, tiny_model_dir):
-    """Run A: image signal, neutral captions; also asks for the `last` view, which `all` files lack."""
-    base = tmp_path_factory.mktemp("planted_image")
-    data = write_image_signal(base / "data", N_SAMPLES, DATA_SEED)
-    return _run(base, data, "--analysis_views", "image,prompt,caption,all,last")
+def planted_runs(tmp_path_factory, tiny_model_dir):
+    """Both runs, launched side by side (two engines at once: much of a run is waiting between tasks).
+    Run A: image signal, neutral captions; it also asks for the `last` view, which `all` files lack.
+    Run B: identical pixels, `english` captions name the label, `neutral` captions do not."""
+    image_base, caption_base = tmp_path_factory.mktemp("planted_image"), tmp_path_factory.mktemp("planted_caption")
+    runs = {"image": _start(image_base, write_image_signal(image_base / "data", N_SAMPLES, DATA_SEED),
+                            "--analysis_views", "image,prompt,caption,all,last"),
+            "caption": _start(caption_base, write_caption_signal(caption_base / "data", N_SAMPLES, DATA_SEED))}
+    try:
+        for run in runs.values():
+            finish(run, timeout=RUN_TIMEOUT)
+    finally:
+        for run in runs.values():
+            kill_process_group(run.process)
+    for run in runs.values():
+        assert not run.timed_out and run.returncode == 0, run.failure_message()
+        analysis = run.outdir / "analysis"
+        assert (analysis / outputs.PROBES).is_file(), f"no {outputs.PROBES} from the pipeline\n{run.failure_message()}"
+    return runs
 
 
 @pytest.fixture(scope="module")
-def caption_run(tmp_path_factory, tiny_model_dir):
-    """Run B: identical pixels, `english` captions name the label, `neutral` captions do not."""
-    base = tmp_path_factory.mktemp("planted_caption")
-    data = write_caption_signal(base / "data", N_SAMPLES, DATA_SEED)
-    return _run(base, data)
+def image_run(planted_runs):
+    return planted_runs["image"]
+
+
+@pytest.fixture(scope="module")
+def caption_run(planted_runs):
+    return planted_runs["caption"]
 
 
 def probes_of(run) -> pd.DataFrame:

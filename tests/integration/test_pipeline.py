@@ -99,7 +99,7 @@ def test_stub_run_walks_the_whole_graph(tmp_path, fixture_dir):
     assert tags == sorted(f"layer {i} {lang}" for i in range(NUM_LAYERS) for lang in LANGUAGES), tags
     # the analysis reads the SAE folders PUBLISH_SAE placed in the outdir
     assert sorted(p.name for p in (out / "sae").iterdir()) == sorted(
-        f"layer_{i}_{lang}" for i in range(NUM_LAYERS) for lang in LANGUAGES)
+        [f"layer_{i}_{lang}" for i in range(NUM_LAYERS) for lang in LANGUAGES] + ["inputs.json"])
     assert "(stub run)" in run.output
 
 
@@ -258,6 +258,9 @@ def test_layers_equal_an_independent_forward_pass(finished_run, reference, langu
 
 # -- 3. -resume after success, and after damage to the published files ------------------------------
 def test_resume_after_success_reruns_nothing_and_repairs_published_files(finished_run):
+    """-resume --intervene without --sae: the SAEs the full run published on these layer files are read from the
+    outdir (nothing trained), every task is reused, the damaged files are repaired, and the results republished
+    unchanged leave no superseded copies behind."""
     out = finished_run.outdir
     truncated = out / LAYER_FILES[1]
     deleted = out / LAYER_FILES[2]
@@ -265,27 +268,31 @@ def test_resume_after_success_reruns_nothing_and_repairs_published_files(finishe
         fh.truncate(truncated.stat().st_size // 2)
     deleted.unlink()
     with quiet_offline_trainer():
-        again = run_pipeline(finished_run.launchdir, "--sae", "--intervene", workdir=finished_run.workdir, outdir=out,
+        again = run_pipeline(finished_run.launchdir, "--intervene", workdir=finished_run.workdir, outdir=out,
                              resume=True, timeout=RUN_TIMEOUT)
     assert_ok(again)
     assert again.trace_file is not None and again.trace_file != finished_run.trained.trace_file
     rows = again.trace()
-    assert counts_by_process(rows) == EXPECTED_ALL_TASKS
-    for r in rows:   # every job is reused: extraction, SAE training, the analysis and the intervention
+    assert counts_by_process(rows) == {k: v for k, v in EXPECTED_ALL_TASKS.items()
+                                       if k not in ("TRAIN_SAE", "PUBLISH_SAE")}
+    assert not list(out.glob("superseded/*/analysis")) and not list(out.glob("superseded/*/intervention"))
+    for r in rows:   # every job is reused: extraction, the analysis and the intervention on the published SAEs
         want = "COMPLETED" if process_name(r) in ALWAYS_RUN else "CACHED"
         assert r["status"] == want, (process_name(r), r["status"], status_counts(rows))
     # the shards' files are merged into place again: both repaired, identical to the first run
     assert output_digest(out) == finished_run.digest
     meta = json.loads((out / "extraction_metadata.json").read_text())
     assert meta["status"] == "passed"
-    # the republished SAE result is the same
+    # the SAE result is the same (not republished: this run did not train)
     import pandas as pd
     pd.testing.assert_frame_equal(pd.read_parquet(out / "sae" / "metrics.parquet"), finished_run.metrics)
 
 
 def test_execution_only_settings_and_one_caption_rerun_only_what_reads_them(tmp_path, finished_run, samplesheet):
     """Same work dir and cache as the full run, a samplesheet with one English caption of shard 1
-    edited, and a different batch size and checkpoint interval: only the English units of shard 1 run."""
+    edited, and a different batch size and checkpoint interval: only the English units of shard 1 run.
+    Into a copy of the full run's outdir, without --sae and with --analysis false: its SAEs, analysis and
+    intervention were computed from the old English files, so they are moved aside, not left beside the new ones."""
     rows = sheet_rows(samplesheet)
     for r in rows:
         r["image"] = str((samplesheet.parent / r["image"]).resolve())
@@ -296,9 +303,18 @@ def test_execution_only_settings_and_one_caption_rerun_only_what_reads_them(tmp_
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+    results = tmp_path / "results"
+    shutil.copytree(finished_run.outdir, results)
+    stages = ("sae", "analysis", "intervention")
+    assert all((results / s / "inputs.json").is_file() for s in stages)
     run = run_pipeline(finished_run.launchdir, "--input", sheet, "--batch_size", "3", "--checkpoint_interval", "5",
-                       "--analysis", "false", workdir=finished_run.workdir, outdir=tmp_path / "results", resume=True, timeout=RUN_TIMEOUT)
+                       "--analysis", "false", workdir=finished_run.workdir, outdir=results, resume=True, timeout=RUN_TIMEOUT)
     assert_ok(run)
+    meta = json.loads((results / "extraction_metadata.json").read_text())
+    assert {f"{s}/" for s in stages} <= set(meta["superseded"]), meta["superseded"]
+    for s in stages:   # moved whole, not lost; nothing of them left beside the new layer files
+        assert not (results / s).exists(), s
+        assert len(list(results.glob(f"superseded/*/{s}/inputs.json"))) == 1, s
     extract = {r["tag"]: r["status"] for r in rows_of(run.trace(), "EXTRACT_ACTIVATIONS")}
     rerun = sorted(tag for tag, status in extract.items() if status != "CACHED")
     assert rerun == ["L0-2_english_s1", "L3-5_english_s1"], extract

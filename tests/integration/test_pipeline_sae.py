@@ -114,7 +114,7 @@ def test_every_report_listed_for_seqera_platform_exists(finished_run):
 
 def test_every_stage_after_publishing_reads_published_outputs_only(finished_run):
     """The one rule of the outdir protocol: TRAIN_SAE, ANALYZE_LAYERS and the intervention stage every input
-    they stage (layer files, samplesheet, SAE folders) from the outdir that the PUBLISH_* tasks wrote, never from
+    they stage (layer files, samplesheet, SAE folders and their record) from the outdir that the PUBLISH_* tasks wrote, never from
     another task's work folder."""
     from pathlib import Path
 
@@ -124,7 +124,7 @@ def test_every_stage_after_publishing_reads_published_outputs_only(finished_run)
     for name in ("TRAIN_SAE", "ANALYZE_LAYERS", "SELECT_LATENTS", "GENERATE_CAPTIONS"):
         for r in rows_of(rows, name):
             work = Path(r["workdir"])
-            for folder in ("activations", "sae", "input"):
+            for folder in ("activations", "sae", "sae_record", "input"):
                 for link in (work / folder).iterdir() if (work / folder).is_dir() else ():
                     target = link.resolve()
                     if name == "GENERATE_CAPTIONS" and folder == "input":   # SELECT_LATENTS' evaluation sheet

@@ -13,6 +13,8 @@ LIB = ROOT / "nextflow-runtime" / "lib"
 PROFILES = {
     "test": ([], ["-profile", "test"]),
     "ncc": ([], ["-profile", "ncc"]),
+    "local": ([], ["-profile", "local"]),
+    "slurm": ([], ["-profile", "slurm"]),
     "venv": ([], ["-profile", "venv"]),
     "test+slurm_local": (["-c", str(ROOT / "conf" / "slurm_local.config")], ["-profile", "test"]),
     # as tests/integration/test_slurm.py runs it

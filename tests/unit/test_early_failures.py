@@ -77,6 +77,13 @@ PREFLIGHT_PARAM_CASES = {   # case -> (params given, words the error must name)
     "unknown_language": ({"languages": "english,klingon"}, ["--languages", "klingon"]),
     "sae_width_below_k": ({"sae_d_sae": 8, "sae_k": 16}, ["--sae_k", "d_sae (8"]),
     "sae_empty_validation_split": ({"sae_validation_fraction": 0.01}, ["--sae_validation_fraction", "validation split"]),
+    # options of the later stages that only fail once the GPU jobs are done, unless PREFLIGHT checks them
+    "analysis_classes_repeated": ({"analysis_classes": "male,male"}, ["--analysis_classes", "two distinct"]),
+    "analysis_unknown_view": ({"analysis_views": "image,everything"}, ["--analysis_views", "everything"]),
+    "sae_kinds_the_selection_lacks": ({"sae_keep_kinds": "image", "token_selection": "text"},
+                                      ["--sae_keep_kinds", "--token_selection"]),
+    "intervention_on_one_vector_per_sample": ({"intervene": True, "token_selection": "mean", "sae_batch_size": 8},
+                                              ["--intervene", "--token_selection mean"]),
 }
 
 
@@ -141,10 +148,19 @@ def preflight_as_the_task_runs_it(capsys, tmp_path, params: dict, sheet: Path, m
     sae_names = [n for n in schema["$defs"]["sae_options"]["properties"] if n.startswith("sae_") and n != "sae_per_language"]
     options = tmp_path / "sae_options.json"   # the head's saeOptionsJson: every sae_<option> param
     options.write_text(json.dumps({n.removeprefix("sae_"): params[n] for n in sae_names}))
+    analysis = tmp_path / "analysis_options.json"   # the extraction subworkflow's spec.analysis_options
+    analysis.write_text(json.dumps({n.removeprefix("analysis_"): v for n, v in params.items()
+                                    if n.startswith("analysis_")}))
     out = tmp_path / "out"
     args = ["--samplesheet", sheet, "--model", model, "--layers", params["layers"], "--languages", params["languages"],
             "--layer-groups", params["layer_groups"], "--samples-per-task", params["samples_per_task"],
-            "--prompts", ROOT / "assets" / "prompts.json", "--out-dir", out, "--sae-options", options]
+            "--prompts", ROOT / "assets" / "prompts.json", "--out-dir", out, "--sae-options", options,
+            "--token-selection", params["token_selection"], "--analysis-options", analysis]
+    if params.get("intervene"):   # the head's groupOptionsJson of the intervention_options group
+        names = [n for n in schema["$defs"]["intervention_options"]["properties"] if n.startswith("intervention_")]
+        intervention = tmp_path / "intervention_options.json"
+        intervention.write_text(json.dumps({n.removeprefix("intervention_"): params[n] for n in names}))
+        args += ["--intervention-options", intervention]
     code, stdout, stderr = run_in_process("preflight", args, capsys)
     return code, stdout, stderr, out
 

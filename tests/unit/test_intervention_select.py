@@ -184,6 +184,29 @@ def test_statistics_equal_a_direct_computation_on_pooled_codes(planted):
         assert (df.cohens_d[df.dead] == 0).all()
 
 
+def test_samples_with_nan_at_extraction_are_left_out(planted):
+    """A sample whose file records NaN/Inf values at extraction (nan_counts > 0) is not data: the statistics equal
+    a direct computation without it."""
+    import copy
+    import dataclasses
+
+    from layerwise.layerfile.reader import open_layer_file
+
+    samples = planted["samples"]["english"]
+    lf = open_layer_file(planted["files"]["english"])
+    bad = [i for i, sid in enumerate(lf.sample_ids) if sid in samples.train][:6]
+    counts = lf.nan_counts.clone()
+    counts[bad] = 3
+    flagged = dataclasses.replace(lf, nan_counts=counts)
+    sae = make_sae(planted["weights"])
+    kept = copy.copy(samples)
+    kept.train = [s for s in samples.train if s not in {lf.sample_ids[i] for i in bad}]
+    z, male = kept.pooled_codes(sae)
+    df = select_latents(flagged, planted["pooled"], InterventionOptions(k=4), "english").sort_values("latent")
+    np.testing.assert_allclose(df.mean_male, z[male].mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(df.mean_female, z[~male].mean(0), rtol=1e-5, atol=1e-6)
+
+
 def test_only_training_samples_of_known_gender_are_used(planted, tmp_path):
     """The validation samples carry the opposite signal (and unknown-gender samples a huge one): a file whose
     validation samples are neutral gives the same table."""
@@ -266,6 +289,20 @@ def test_sae_language_and_layer_are_checked(planted, tmp_path):
                              languages=["english"], train=s.train, validation=s.validation)
     with pytest.raises(LayerwiseError, match="trained on layer 5, not on layer 2"):
         select_latents(planted["files"]["english"], other, InterventionOptions(k=2))
+
+
+def test_sae_on_one_vector_per_sample_is_refused(planted):
+    """The hooks apply the SAE per token: one trained on pooled (mean) or last-position vectors is refused."""
+    import dataclasses
+
+    from layerwise.layerfile.reader import open_layer_file
+
+    files = [open_layer_file(f) for f in planted["files"].values()]
+    assert len(select_latents(files, planted["pooled"], InterventionOptions(k=2))) > 0     # per-token: fine
+    for selection in schema.PER_SAMPLE_SELECTIONS:
+        pooled = [dataclasses.replace(lf, token_selection=selection) for lf in files]
+        with pytest.raises(LayerwiseError, match=f"one vector per sample \\(--token_selection {selection}\\)"):
+            select_latents(pooled, planted["pooled"], InterventionOptions(k=2))
 
 
 # ----------------------------------------------------------------------------------------------- controls

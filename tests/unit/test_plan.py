@@ -196,7 +196,7 @@ def test_cli_end_to_end(tmp_path, tiny_model_dir):
     r = run_preflight(tmp_path, sheet, tiny_model_dir)
     assert r.returncode == 0, r.stderr
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["plan.json", "samplesheet.valid.csv", "units"]
+    assert sorted(p.name for p in out.iterdir()) == ["plan.json", "samplesheet.valid.csv", "storage_plan.json", "units"]
     plan = json.loads((out / "plan.json").read_text(encoding="utf-8"))
     # one input sheet per unit: exactly its shard's rows and its language's caption
     for unit in plan["units"]:

@@ -4,7 +4,7 @@
 // Reads each layer file once, memory-mapped. Writes analysis/ (Parquet tables, report.html).
 // Contract: docs/architecture.md (layerwise-analyze), columns: docs/output.md.
 process ANALYZE_LAYERS {
-    tag "${layer_files.size()} layer files"
+    tag "${layer_files instanceof List ? layer_files.size() : 1} layer file(s)"
     label 'process_medium'
 
     // The layer files and SAE folders are the published ones in --outdir: path + size (lenient) and the
@@ -15,7 +15,8 @@ process ANALYZE_LAYERS {
 
     input:
     tuple val(checksums), path(layer_files, stageAs: 'activations/*'), path(samplesheet, stageAs: 'input/*')
-    path sae_dirs, stageAs: 'sae/*'         // <outdir>/sae/layer_{L}[_{language}]/ placed by PUBLISH_SAE; none without --sae
+    path sae_dirs, stageAs: 'sae/*'         // <outdir>/sae/layer_{L}[_{language}]/ placed by PUBLISH_SAE; none without SAEs
+    path sae_record, stageAs: 'sae_record/*'  // <outdir>/sae/inputs.json (recorded as an input); none without SAEs
     val source_digest                       // digest of the analysis stage's code (layerwise/stages.json)
 
     output:
@@ -28,6 +29,7 @@ process ANALYZE_LAYERS {
     script:
     def args = task.ext.args ?: ''          // --folds, --permutations, ... (conf/modules.config)
     def sae  = sae_dirs ? '--sae-dir sae' : ''
+    def record = sae_record ? "--read sae/inputs.json=${sae_record}" : ''
     """
     layerwise-analyze \\
         --out-dir analysis \\
@@ -39,6 +41,10 @@ process ANALYZE_LAYERS {
         ${args} \\
         ${layer_files}
     rm -rf scratch
+    cat > checksums.json <<'END_CHECKSUMS'
+    ${groovy.json.JsonOutput.toJson(new TreeMap(checksums))}
+    END_CHECKSUMS
+    layerwise-record-inputs --stage analysis --checksums checksums.json --out-dir analysis ${record}
 
     layerwise-versions '${task.process}' torch numpy scikit-learn matplotlib > versions.yml
     """

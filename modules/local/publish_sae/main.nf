@@ -33,6 +33,7 @@ process PUBLISH_SAE {
     stub:
     """
     for d in ${sae_dirs}; do mkdir -p "${outdir}/sae/\$(basename "\$d")"; done
+    echo '{"stage": "sae", "inputs": {}}' > '${outdir}/sae/inputs.json'
     echo stub > published_sae.txt
 
     cat <<-END_VERSIONS > versions.yml

@@ -3,7 +3,7 @@
 // control sets matched by firing rate, the evaluation images (held-out samples, one per image) and one JSON
 // file per generation job. Contract: docs/architecture.md (layerwise-select-latents), docs/intervention.md.
 process SELECT_LATENTS {
-    tag "${layer_files.size()} layer files"
+    tag "${layer_files instanceof List ? layer_files.size() : 1} layer file(s)"
     label 'process_medium'
 
     // Published layer files and SAE folders (path + size, lenient) and their sha256 (a value input)
@@ -14,6 +14,7 @@ process SELECT_LATENTS {
     input:
     tuple val(checksums), path(layer_files, stageAs: 'activations/*'), path(samplesheet, stageAs: 'input/*')
     path sae_dirs, stageAs: 'sae/*'          // <outdir>/sae/layer_{L}[_{language}]/ placed by PUBLISH_SAE
+    path sae_record, stageAs: 'sae_record/*' // <outdir>/sae/inputs.json (recorded as an input)
     val options                             // JSON object of intervention options (InterventionOptions)
     val num_layers                          // the model's decoder layers (for --intervention_layers mid)
     val source_digest                       // digest of the intervention stage's code (layerwise/stages.json)
@@ -40,6 +41,11 @@ process SELECT_LATENTS {
         ${saes} \\
         --out-dir selection \\
         ${layer_files}
+    cat > checksums.json <<'END_CHECKSUMS'
+    ${groovy.json.JsonOutput.toJson(new TreeMap(checksums))}
+    END_CHECKSUMS
+    layerwise-record-inputs --stage intervention --checksums checksums.json --out-dir selection \\
+        --read sae/inputs.json=${sae_record}
 
     layerwise-versions '${task.process}' torch sae_lens > versions.yml
     """

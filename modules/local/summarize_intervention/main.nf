@@ -2,7 +2,7 @@
 // each condition (change against baseline, the random distribution, specificity, ratio, bootstrap CI,
 // Wilcoxon, empirical p) and the report. Writes intervention/ (publishDir). Columns: docs/output.md.
 process SUMMARIZE_INTERVENTION {
-    tag "${captions.size()} caption files"
+    tag "${captions instanceof List ? captions.size() : 1} caption file(s)"
     label 'process_single'
 
     cache 'lenient'
@@ -36,6 +36,8 @@ process SUMMARIZE_INTERVENTION {
         --selection ${selection} \\
         --out-dir intervention \\
         ${captions}
+    # what the intervention was computed from (SELECT_LATENTS recorded it), written last
+    cp ${selection}/inputs.json intervention/inputs.json
 
     layerwise-versions '${task.process}' pandas scipy matplotlib > versions.yml
     """

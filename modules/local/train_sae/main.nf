@@ -37,6 +37,11 @@ process TRAIN_SAE {
         --out-dir . \\
         --metrics metrics.parquet \\
         ${layer_files}
+    # the layer files it was trained on (PUBLISH_SAE checks them against the outdir and records them)
+    cat > trained_on.json <<'END_INPUTS'
+    ${groovy.json.JsonOutput.toJson(new TreeMap(meta.sha256))}
+    END_INPUTS
+    for d in layer_*/; do cp trained_on.json "\$d"; done
 
     layerwise-versions '${task.process}' torch sae_lens > versions.yml
     """

@@ -1,6 +1,7 @@
 /*
  * Analysis stage (--analysis, on by default): ANALYZE_LAYERS (CPU, one job) over every published layer
- * file and, with --sae, the published SAE folders -> <outdir>/analysis/.
+ * file and the published SAE folders (this run's with --sae, else an earlier run's on the same layer files)
+ * -> <outdir>/analysis/, with the record of what it read (analysis/inputs.json).
  */
 
 include { ANALYZE_LAYERS } from '../../../modules/local/analyze_layers'
@@ -9,7 +10,8 @@ workflow ANALYSIS {
 
     take:
     ch_published       // [extraction_metadata.json (Map), absolute outdir] from EXTRACTION
-    ch_saes            // value channel: the published SAE folders ([] without --sae)
+    ch_saes            // value channel: the published SAE folders ([] without SAEs)
+    ch_sae_record      // value channel: <outdir>/sae/inputs.json ([] without SAEs)
     digests            // value channel: stage -> digest of the code it runs
 
     main:
@@ -22,7 +24,7 @@ workflow ANALYSIS {
             [layers.collectEntries { [(it.path): it.sha256] } + [samplesheet: sheet?.sha256],
              layers.collect { file("${out}/${it.path}") }, file("${out}/${sheet.path}")]
         }
-    ANALYZE_LAYERS(ch_inputs, ch_saes, digests.map { it.analysis })
+    ANALYZE_LAYERS(ch_inputs, ch_saes, ch_sae_record, digests.map { it.analysis })
 
     emit:
     analysis = ANALYZE_LAYERS.out.analysis

@@ -29,7 +29,24 @@ workflow EXTRACTION {
     // Plan: validated samplesheet + plan.json (layer groups x languages x sample shards) + one input
     // sheet per unit (the rows and the caption column it reads, with each image's sha256)
     //
-    PREFLIGHT(ch_samplesheet, ch_prompts, ch_model, ch_spec, digests.map { it.preflight }, sae_options,
+    // + what its storage plan needs (the bytes of the run against the free space of the outdir and work dir;
+    // it fails before any GPU job when they do not fit): PREFLIGHT is never cached, so they re-run nothing
+    ch_preflight_spec = ch_spec.combine(outdir).combine(image_cache)
+        .map { spec, out, cache ->
+            spec + [storage: [outdir: out, work_dir: workflow.workDir.toString(), image_cache: cache,
+                              ignore_space_check: params.ignore_space_check as boolean,
+                              token_selection: params.token_selection, layout: params.layout, dtype: params.dtype,
+                              device: params.device, nan_policy: params.nan_policy,
+                              combined: params.combined_files as boolean, publish_mode: params.publish_dir_mode,
+                              analysis_views: params.analysis ? params.analysis_views.toString() : '',
+                              cka_max_samples: params.analysis_cka_max_samples],
+                      // every analysis option, checked before any GPU job (layerwise.analysis.params.check_params)
+                      analysis_options: params.analysis ? groovy.json.JsonOutput.toJson(new TreeMap(
+                          params.findAll { k, v -> k.toString().startsWith('analysis_') }
+                                .collectEntries { k, v -> [(k.toString().substring('analysis_'.length())): v] })) : '']
+        }
+        .first()
+    PREFLIGHT(ch_samplesheet, ch_prompts, ch_model, ch_preflight_spec, digests.map { it.preflight }, sae_options,
               intervention_options)
     ch_versions = ch_versions.mix(PREFLIGHT.out.versions)
 

@@ -1,5 +1,5 @@
 /*
- * Intervention stage (--intervene, needs --sae): SELECT_LATENTS (CPU, no model) -> GENERATE_CAPTIONS (GPU, one
+ * Intervention stage (--intervene; SAEs of --sae, or published in --outdir by an earlier run): SELECT_LATENTS (CPU, no model) -> GENERATE_CAPTIONS (GPU, one
  * job per baseline, targeted condition and chunk of random runs; each cached on its own) -> SUMMARIZE_INTERVENTION
  * (CPU) -> <outdir>/intervention/. Reads the published layer files and the published SAE folders only.
  */
@@ -13,6 +13,7 @@ workflow INTERVENTION {
     take:
     ch_published       // [extraction_metadata.json (Map), absolute outdir] from EXTRACTION
     ch_saes            // value channel: the published SAE folders
+    ch_sae_record      // value channel: <outdir>/sae/inputs.json
     ch_plan            // parsed plan.json (Map): the model's facts
     ch_prompts         // value channel: path to prompts.json
     ch_model           // value channel: [model id or absolute local path, revision or '']
@@ -29,7 +30,7 @@ workflow INTERVENTION {
              layers.collect { file("${out}/${it.path}") }, file("${out}/${sheet.path}")]
         }
     ch_num_layers = ch_plan.map { plan -> plan.model.num_layers as int }
-    SELECT_LATENTS(ch_inputs, ch_saes, options, ch_num_layers, digests.map { it.intervention })
+    SELECT_LATENTS(ch_inputs, ch_saes, ch_sae_record, options, ch_num_layers, digests.map { it.intervention })
     ch_versions = ch_versions.mix(SELECT_LATENTS.out.versions)
 
     // one line of JSON per job (the task script writes it back with a here-document)

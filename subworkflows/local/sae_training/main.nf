@@ -44,8 +44,11 @@ workflow SAE_TRAINING {
         .combine(outdir)
         .map { _published, dirs, out -> dirs.collect { d -> file("${out}/sae/${d.name}") } }
         .first()                // a value: every job of the later stages reads it
+    // ...and their record (the layer files they were trained on, the sha256 of every SAE file)
+    ch_record = PUBLISH_SAE.out.log.combine(outdir).map { _published, out -> file("${out}/sae/inputs.json") }.first()
 
     emit:
     saes     = ch_saes          // the published SAE folders, sorted by layer and language
+    record   = ch_record        // <outdir>/sae/inputs.json
     versions = ch_versions
 }

@@ -29,9 +29,10 @@ workflow PIPELINE_INITIALISATION {
  */
 def initialise() {
     def schema = new LayerwiseSchema(file("${projectDir}/nextflow_schema.json"))
+    LayerwiseOutdir.init(projectDir)       // the outdir protocol's names (layerwise/core/outdir.json)
     def mono   = params.monochrome_logs as boolean
     def c      = LayerwiseSchema.colours(mono)
-    def usage  = "nextflow run . -profile <test|ncc|venv|docker|apptainer|singularity>[,...] --input samples.csv --outdir results"
+    def usage  = "nextflow run . -profile <test|local|slurm|ncc|venv|docker|apptainer|singularity>[,...] --input samples.csv --outdir results"
 
     if (params.help) {
         log.info header(c)
@@ -41,7 +42,7 @@ def initialise() {
 
     log.info header(c)
     // groups of stages that do not run are left out of the summary
-    def skipped = ('ncc' in workflow.profile.tokenize(',') ? [] : ['cluster_options']) +
+    def skipped = (workflow.profile.tokenize(',').any { it in ['slurm', 'ncc'] } ? [] : ['cluster_options']) +
                   (params.sae ? [] : ['sae_options']) + (params.analysis ? [] : ['analysis_options'])
     log.info schema.summary(params, mono, skipped)
 
@@ -58,28 +59,39 @@ def initialise() {
         error("ERROR: invalid parameters (see --help, or --help <parameter>):\n  * " + errors.join('\n  * ') + fixture)
     }
 
-    // Parameters of this run, next to the execution reports
+    // One run at a time per outdir (the lock first: a refused run writes nothing there); its metadata says
+    // "incomplete" until PUBLISH_RESULTS has verified this run's result; published files damaged since the
+    // last run send their unit back to work
     def ts = new java.util.Date().format('yyyy-MM-dd_HH-mm-ss')
+    if (params.outdir) {
+        def outdirPath = file(params.outdir.toString()).toAbsolutePath()
+        def owner = LayerwiseOutdir.owner(workflow.sessionId.toString(), workflow.runName)
+        def busy = LayerwiseOutdir.lock(outdirPath, owner)
+        if (busy) error("ERROR: ${busy}")
+        LayerwiseOutdir.prepare(outdirPath, workflow.runName).each { log.warn it }
+        // the summaries this run writes again move aside now (until rewritten, their absence says "not complete");
+        // copies identical to what the run published again (a cached stage) are dropped at the end
+        def sae = LayerwiseOutdir.name('sae_dir')
+        def rewritten = (params.sae ? ["${sae}/metrics.parquet", "${sae}/report.html", saeRecord()] : []) +
+                        (params.analysis ? [LayerwiseOutdir.name('analysis_dir')] : []) +
+                        (params.intervene ? [LayerwiseOutdir.name('intervention_dir')] : [])
+        rewritten = rewritten.collect { it.toString() }
+        LayerwiseOutdir.supersede(outdirPath, rewritten, ts).each { log.info it }
+        workflow.onComplete {
+            try {
+                LayerwiseOutdir.dropUnchanged(outdirPath, ts, rewritten)
+            } finally {
+                LayerwiseOutdir.unlock(outdirPath, owner)
+            }
+        }
+    }
+
+    // Parameters of this run, next to the execution reports
     try {
         file("${params.outdir}/pipeline_info").mkdirs()
         file("${params.outdir}/pipeline_info/params_${ts}.json").text = LayerwiseUtils.paramsJson(params)
     } catch (Exception e) {
         log.warn "Could not write params_${ts}.json to ${params.outdir}/pipeline_info: ${e.message}"
-    }
-
-    // One run at a time per outdir; its metadata says "incomplete" until PUBLISH_RESULTS has verified
-    // this run's result; published files damaged since the last run send their unit back to work
-    if (params.outdir) {
-        def outdirPath = file(params.outdir.toString()).toAbsolutePath()
-        LayerwiseOutdir.init(projectDir)
-        def owner = LayerwiseOutdir.owner(workflow.sessionId.toString(), workflow.runName)
-        def busy = LayerwiseOutdir.lock(outdirPath, owner)
-        if (busy) error("ERROR: ${busy}")
-        workflow.onComplete { LayerwiseOutdir.unlock(outdirPath, owner) }
-        LayerwiseOutdir.prepare(outdirPath, workflow.runName).each { log.warn it }
-        def rewritten = (params.sae ? ['sae/metrics.parquet', 'sae/report.html'] : []) + (params.analysis ? ['analysis'] : []) +
-                        (params.intervene ? ['intervention'] : [])
-        LayerwiseOutdir.supersede(outdirPath, rewritten).each { log.info it }
     }
 
     // A local model directory is passed to tasks by absolute path (tasks run in work/)
@@ -236,12 +248,20 @@ def header(Map c) {
     """.stripIndent()
 }
 
+/** <outdir>-relative path of the SAE stage's record (what says an earlier run's SAEs are complete). */
+def saeRecord() {
+    "${LayerwiseOutdir.name('sae_dir')}/${LayerwiseOutdir.name('stage_record')}".toString()
+}
+
 /** Checks that the schema cannot express. Each entry is one line naming the parameter. */
 def extraChecks(LayerwiseSchema schema) {
     def errors = []
     // The intervention ablates latents of the run's SAEs (trained and published first)
-    if (params.intervene && !params.sae)
-        errors << "--intervene needs --sae: the intervention ablates the latents of this run's SAEs (docs/intervention.md)"
+    // The intervention ablates SAE latents: this run's (--sae), or those an earlier run published in --outdir
+    // (used only if they were trained on this run's layer files: PUBLISH_RESULTS checks their record)
+    if (params.intervene && !params.sae && params.outdir && !file("${params.outdir}/${saeRecord()}").exists())
+        errors << "--intervene needs SAEs: add --sae, or use an --outdir where an earlier run published them " +
+                  "(${params.outdir}/${saeRecord()} not found; docs/intervention.md)"
     // A model given as a path must exist (hub ids like google/gemma-3-4b-it are resolved by the task)
     if (params.model instanceof CharSequence && params.model) {
         def m = params.model.toString()
@@ -251,14 +271,14 @@ def extraChecks(LayerwiseSchema schema) {
             errors << "--model: expected a model directory (with config.json) but found a file: ${m}"
     }
     // Memory/time of GPU jobs above the caps would be silently lowered by resourceLimits
-    if ('ncc' in workflow.profile.tokenize(',')) try {
+    if (workflow.profile.tokenize(',').any { it in ['slurm', 'ncc'] }) try {
         if (params.gpu_memory && params.max_memory &&
             new nextflow.util.MemoryUnit(params.gpu_memory.toString()) > new nextflow.util.MemoryUnit(params.max_memory.toString()))
             log.warn "--gpu_memory ${params.gpu_memory} is above --max_memory ${params.max_memory}: jobs get ${params.max_memory}"
     } catch (Exception ignored) { /* malformed values are reported by the schema check */ }
     // venv mode (profiles test, ncc, venv without a container engine): the venv must exist
     def profiles = workflow.profile.tokenize(',')
-    if (!workflow.containerEngine && profiles.any { it in ['test', 'ncc', 'venv'] } && params.venv) {
+    if (!workflow.containerEngine && profiles.any { it in ['test', 'local', 'slurm', 'ncc', 'venv'] } && params.venv) {
         if (!file("${params.venv}/bin/activate").exists()) {
             def msg = "--venv: no Python virtual environment at ${params.venv} (create it with scripts/setup.sh, pass --venv /path/to/venv, or use a container profile)"
             if ('test' in profiles) errors << msg else log.warn msg
