@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from layerwise.analysis import crosslingual, directions, outputs
+from layerwise.analysis.cka import MIN_SAMPLES as CKA_MIN_SAMPLES
 from layerwise.analysis.cka import GramStore
 from layerwise.analysis.labels import (
     DEFAULT_CLASSES,
@@ -378,6 +379,10 @@ def _analyze(layer_files: list[Path], out_dir: Path, sae_dirs: dict | None, opts
             cka_rows_out = []
             for lang, view in grams.keys():
                 ls, mat, n_used = grams.matrix(lang, view)
+                if n_used < CKA_MIN_SAMPLES:
+                    notes.add(f"CKA over {n_used} sample(s) is not defined (it needs {CKA_MIN_SAMPLES}: two centred "
+                              "samples make any two layers look identical); reported as NaN", language=lang,
+                              view=view, stage="cka")
                 for i, la in enumerate(ls):
                     for j, lb in enumerate(ls):
                         cka_rows_out.append({"layer_a": la, "layer_b": lb, "language": lang, "view": view,

@@ -344,10 +344,13 @@ def test_head_killed_mid_run_resume_gives_identical_outputs(tmp_path, finished_r
         stop_pipeline(run)
         pytest.fail(f"{e}\n{finish(run).failure_message()}")
 
-    # a second run into the same outdir while this one works is refused before it submits anything
+    # a second run into the same outdir while this one works is refused before it submits anything, and writes
+    # nothing there (not even its params_<time>.json into the other run's pipeline_info/)
+    params_files = sorted((run.outdir / "pipeline_info").glob("params_*.json"))
     rival = run_pipeline(tmp_path / "rival", "--analysis", "false", outdir=run.outdir, timeout=ERROR_TIMEOUT)
     assert rival.returncode != 0 and "is in use by another layerwise run" in rival.output, rival.failure_message()
     assert "Submitted process" not in rival.output
+    assert sorted((run.outdir / "pipeline_info").glob("params_*.json")) == params_files
 
     # SIGKILL to the Nextflow head only: its running tasks carry on as orphans (as SLURM jobs do)
     os.kill(run.process.pid, signal.SIGKILL)

@@ -28,6 +28,8 @@ def test_adding_sae_to_a_finished_extraction_trains_without_re_extracting(finish
     train = rows_of(rows, "TRAIN_SAE")
     assert len(train) == len(LAYERS) and {r["status"] for r in train} == {"COMPLETED"}
     assert [r["status"] for r in rows_of(rows, "ANALYZE_LAYERS")] == ["COMPLETED"]
+    # the tag counts the layer files it reads (never a single file's size)
+    assert [r["tag"] for r in rows_of(rows, "ANALYZE_LAYERS")] == [f"{len(LAYERS) * len(LANGUAGES)} layer file(s)"]
     out = finished_run.trained.outdir
     assert sorted(p.name for p in (out / "sae").iterdir() if p.is_dir()) == sorted(f"layer_{i}" for i in LAYERS)
 

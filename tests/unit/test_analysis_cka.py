@@ -82,6 +82,21 @@ def test_gram_store_uses_the_samples_valid_in_every_layer(tmp_path):
     store.close()
 
 
+def test_cka_over_fewer_than_three_samples_is_nan_not_one():
+    """Two centred samples span one direction: linear CKA is 1 for any two unrelated layers (checked with the
+    direct formula); the store reports NaN instead (one sample: 0/0, NaN too)."""
+    rng = np.random.default_rng(7)
+    X, Y = rng.standard_normal((2, 5)), rng.standard_normal((2, 8))
+    assert hsic_cka(X, Y) == pytest.approx(1.0)          # the meaningless value the store must not report
+    for n in (1, 2):
+        store = GramStore(n)
+        store.put("english", "all", 0, X[:n], np.ones(n, bool))
+        store.put("english", "all", 1, Y[:n], np.ones(n, bool))
+        _, mat, used = store.matrix("english", "all")
+        assert used == n and np.isnan(mat).all()
+        store.close()
+
+
 def test_derangement_has_no_fixed_point():
     rng = np.random.default_rng(0)
     for n in (2, 3, 10, 101):

@@ -2,6 +2,7 @@
 on the tiny fixture of every family, with hand-set SAEs (no training): cases whose answer is known."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -397,3 +398,92 @@ def test_a_planted_latent_flips_the_first_word_and_matched_random_latents_do_not
     for latents in controls:
         kept = margin(latents)
         assert kept[0] > 0 and kept[1:] == (t1, t1), latents
+
+
+def test_a_planted_latent_is_found_by_the_statistics_and_matched_random_latents_are_not(loaded_models, fixture_dir):
+    """The planted case at the level of the published table: generation with the hooks, counting with the gender
+    lexicon and the statistics, as the stage runs them (generate_captions, count_captions, summarize).
+
+    A copy of the tiny Gemma 3 whose output embedding row of the male word "he" is set to lambda * m, with m the
+    unit mean of the final-normed last hidden states n(x_i) of the 12 fixture images, and lambda large enough that
+    "he" is every image's first caption token (the prompt holds no "he", so every hidden state is unchanged). One
+    new token per caption, so a caption is one word. As in the test above, logit[he] = x . v / rms(x) with
+    v = (1 + w) * E[he]: the SAE's latent 0 has encoder d = v / |v| and decoder 1.5 d, so ablating it gives
+    x' . v = -0.5 x . v < 0 on every image, and "he" is no longer written. The random runs ablate one of 15 other
+    latents (unit directions orthogonal to d that fire as much as latent 0 on the first image): x . v is unchanged.
+    Expected, from the construction alone: every baseline caption is "he" (one male word per image), no targeted
+    caption has one (-100 %), no random run changes a count (0 %, std 0), every paired difference is -1, so the
+    two-sided Wilcoxon p is 2 / 2^n (the smallest possible; scipy agrees) and the empirical p is 1 / (1 + runs)."""
+    import pandas as pd
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from scipy.stats import wilcoxon
+
+    from layerwise.intervention.counts import count_captions
+    from layerwise.intervention.options import InterventionOptions
+    from layerwise.intervention.stats import summarize
+
+    lm = copy.deepcopy(loaded_models("gemma3"))
+    model, d, tokenizer = lm.model, lm.hidden_size, lm.processor.tokenizer
+    layer = lm.num_layers - 1
+    he = tokenizer("he", add_special_tokens=False).input_ids
+    assert len(he) == 1
+    he = he[0]
+    images = [load_rgb(p) for p in sorted((fixture_dir / "data" / "images").glob("s*.png"))]
+    inputs = generation_inputs(lm, images, PROMPT)
+    assert he not in inputs["input_ids"].flatten().tolist(), "the prompt holds the token whose row changes"
+    captured = []
+    handle = decoder_layers(model)[layer].register_forward_hook(lambda _m, _a, out: captured.append(out))
+    try:
+        logits = last_logits(lm, inputs)
+    finally:
+        handle.remove()
+    x = captured[0][:, -1].float()                                          # [n, d] at the last prompt position
+    with torch.no_grad():
+        gain = 1 + model.get_decoder().norm.weight.float()
+        normed = x / x.pow(2).mean(dim=1, keepdim=True).sqrt() * gain
+        m = normed.mean(dim=0)
+        m = m / m.norm()
+        assert (normed @ m > 0).all()
+        lam = 4 * float(logits.abs().max()) / float((normed @ m).min())
+        model.get_output_embeddings().weight[he] = lam * m
+        v = gain * model.get_output_embeddings().weight[he].float()
+        direction = v / v.norm()
+        a = float(x[0] @ direction)
+        rest = x[0] - a * direction
+        g = torch.Generator().manual_seed(0)
+        basis, _ = torch.linalg.qr(torch.cat([direction[:, None], rest[:, None], torch.randn(d, 15, generator=g)], 1))
+        c = a / float(rest.norm())
+        others = c * rest / rest.norm() + (1 - c * c) ** 0.5 * basis[:, 2:].T
+        codes = torch.cat([direction[None], others])
+        sae = StandardSAE(StandardSAEConfig(d_in=d, d_sae=16, apply_b_dec_to_input=False))
+        sae.W_enc.copy_(codes.T)
+        sae.W_dec.copy_(1.5 * codes)
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    assert (x @ direction > 0).all()                                     # latent 0 fires on every image
+
+    options = InterventionOptions(layers=str(layer), k=1, runs=8, max_new_tokens=1, batch_size=4)
+    conditions = [("baseline", 0, None), ("targeted", 0, [0])] + [("random", r, [1 + r]) for r in range(options.runs)]
+    records = []
+    for condition, run, latents in conditions:
+        if latents is None:
+            captions = generate_captions(lm, images, PROMPT, max_new_tokens=1, batch_size=options.batch_size)
+        else:
+            with latent_hooks(model, {layer: (sae, latents)}) as hooks:
+                captions = generate_captions(lm, images, PROMPT, max_new_tokens=1, batch_size=options.batch_size,
+                                             hooks=hooks)
+            assert hooks.fired.get(layer), condition
+        records += [{"sample_id": f"s{i}", "image": f"img{i}", "layers": str(layer), "feature_language": "english",
+                     "caption_language": "english", "condition": condition, "run": run, "caption": caption}
+                    for i, caption in enumerate(captions)]
+    counted, _ = count_captions(pd.DataFrame.from_records(records))
+    base = counted[counted.condition == "baseline"]
+    assert base.caption.str.strip().eq("he").all() and base.male.eq(1).all(), base.caption.tolist()
+    row = summarize(counted, model="gemma3", model_id="tiny", options=options).iloc[0]
+    n = len(images)
+    assert (row.base_count, row.targeted_count, row.change_pct) == (n, 0, -100.0)
+    assert (row.random_mean, row.random_std, row.runs) == (0.0, 0.0, options.runs)
+    assert row.specificity == 100.0 and row.mean_difference == -1.0
+    assert row.wilcoxon_p == pytest.approx(2 / 2 ** n) == pytest.approx(wilcoxon(-np.ones(n)).pvalue)
+    assert row.empirical_p == pytest.approx(1 / (1 + options.runs))
+    assert row.ci_low == row.ci_high == -1.0
