@@ -266,7 +266,7 @@ def test_a_hook_on_a_deep_copy_never_fires(loaded_models, images):
 
 def test_hooks_are_removed_on_exit_and_on_error(loaded_models):
     lm = loaded_models("gemma3")
-    model, d = lm.model, lm.hidden_size
+    model = lm.model
     modules = [model.get_decoder(), *decoder_layers(model)]
 
     def registered():
@@ -287,7 +287,7 @@ def test_hooks_are_removed_on_exit_and_on_error(loaded_models):
 
 def test_invalid_edits_are_refused(loaded_models):
     lm = loaded_models("gemma3")
-    model, d = lm.model, lm.hidden_size
+    model = lm.model
     sae = standard_sae(d, 8, seed=0)
     bad = [({lm.num_layers: (sae, [0])}, {}, "not a decoder layer"),
            ({-1: (sae, [0])}, {}, "not a decoder layer"),
@@ -324,6 +324,30 @@ def test_generated_positions_with_explicit_prompt_lengths(loaded_models, images)
 
 
 # ---------------------------------------------------------------- a planted latent
+def planted_sae(direction: torch.Tensor, x: torch.Tensor, others: int = 15):
+    """(SAE, the other latents' directions): latent 0 has encoder `direction` (unit) and decoder 1.5 direction;
+    latents 1..others are unit directions orthogonal to it with x . r = x . direction (each fires exactly as much as
+    latent 0 on `x`: a multiple of x's part orthogonal to the direction plus a seeded random part orthogonal to
+    both), decoders 1.5 r. No biases."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    d = direction.shape[0]
+    a = float(x @ direction)
+    rest = x - a * direction                                # x's part orthogonal to the direction
+    g = torch.Generator().manual_seed(0)
+    basis, _ = torch.linalg.qr(torch.cat([direction[:, None], rest[:, None], torch.randn(d, others, generator=g)], 1))
+    c = a / float(rest.norm())
+    rs = c * rest / rest.norm() + (1 - c * c) ** 0.5 * basis[:, 2:].T   # [others, d]: unit, . direction = 0
+    codes = torch.cat([direction[None], rs])
+    sae = StandardSAE(StandardSAEConfig(d_in=d, d_sae=others + 1, apply_b_dec_to_input=False))
+    with torch.no_grad():
+        sae.W_enc.copy_(codes.T)
+        sae.W_dec.copy_(1.5 * codes)
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae, rs
+
+
 def test_a_planted_latent_flips_the_first_word_and_matched_random_latents_do_not(loaded_models, images):
     """An SAE whose latent 0 carries the direction that decides between the two tokens the tiny Gemma 3 ranks
     first and second for its first caption token, at the last decoder layer L, and 15 other latents that match it
@@ -340,10 +364,9 @@ def test_a_planted_latent_flips_the_first_word_and_matched_random_latents_do_not
     every single other latent (k = 1, as the targeted set) and 10 seeded sets of k = 3 (removing sqrt(3) times as
     much); none changes the first token. With positions="generated" the first token is predicted at the last
     prompt position, which is not edited, so it stays; amplifying the latent (scale 3) keeps it too."""
-    from sae_lens import StandardSAE, StandardSAEConfig
 
     lm = loaded_models("gemma3")
-    model, d = lm.model, lm.hidden_size
+    model = lm.model
     layer = lm.num_layers - 1
     inputs = generation_inputs(lm, images[:1], PROMPT)
     captured = []
@@ -363,17 +386,7 @@ def test_a_planted_latent_flips_the_first_word_and_matched_random_latents_do_not
         direction = v / v.norm()
         a = float(x @ direction)
         assert a > 0                                            # the premise: sign(margin) = sign(x . v)
-        rest = x - a * direction                                # x's part orthogonal to the direction
-        g = torch.Generator().manual_seed(0)
-        basis, _ = torch.linalg.qr(torch.cat([direction[:, None], rest[:, None], torch.randn(d, 15, generator=g)], 1))
-        c = a / float(rest.norm())
-        others = c * rest / rest.norm() + (1 - c * c) ** 0.5 * basis[:, 2:].T   # [15, d]: unit, . direction = 0
-        codes = torch.cat([direction[None], others])
-        sae = StandardSAE(StandardSAEConfig(d_in=d, d_sae=16, apply_b_dec_to_input=False))
-        sae.W_enc.copy_(codes.T)
-        sae.W_dec.copy_(1.5 * codes)
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
+        sae, others = planted_sae(direction, x)
         acts = sae.encode(x)
     torch.testing.assert_close(acts, torch.full((16,), a), rtol=1e-4, atol=1e-5)   # all fire, equally
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.full((16,), 1.5))
@@ -415,7 +428,6 @@ def test_a_planted_latent_is_found_by_the_statistics_and_matched_random_latents_
     caption has one (-100 %), no random run changes a count (0 %, std 0), every paired difference is -1, so the
     two-sided Wilcoxon p is 2 / 2^n (the smallest possible; scipy agrees) and the empirical p is 1 / (1 + runs)."""
     import pandas as pd
-    from sae_lens import StandardSAE, StandardSAEConfig
     from scipy.stats import wilcoxon
 
     from layerwise.intervention.counts import count_captions
@@ -423,7 +435,7 @@ def test_a_planted_latent_is_found_by_the_statistics_and_matched_random_latents_
     from layerwise.intervention.stats import summarize
 
     lm = copy.deepcopy(loaded_models("gemma3"))
-    model, d, tokenizer = lm.model, lm.hidden_size, lm.processor.tokenizer
+    model, tokenizer = lm.model, lm.processor.tokenizer
     layer = lm.num_layers - 1
     he = tokenizer("he", add_special_tokens=False).input_ids
     assert len(he) == 1
@@ -448,18 +460,7 @@ def test_a_planted_latent_is_found_by_the_statistics_and_matched_random_latents_
         model.get_output_embeddings().weight[he] = lam * m
         v = gain * model.get_output_embeddings().weight[he].float()
         direction = v / v.norm()
-        a = float(x[0] @ direction)
-        rest = x[0] - a * direction
-        g = torch.Generator().manual_seed(0)
-        basis, _ = torch.linalg.qr(torch.cat([direction[:, None], rest[:, None], torch.randn(d, 15, generator=g)], 1))
-        c = a / float(rest.norm())
-        others = c * rest / rest.norm() + (1 - c * c) ** 0.5 * basis[:, 2:].T
-        codes = torch.cat([direction[None], others])
-        sae = StandardSAE(StandardSAEConfig(d_in=d, d_sae=16, apply_b_dec_to_input=False))
-        sae.W_enc.copy_(codes.T)
-        sae.W_dec.copy_(1.5 * codes)
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
+        sae, _ = planted_sae(direction, x[0])
     assert (x @ direction > 0).all()                                     # latent 0 fires on every image
 
     options = InterventionOptions(layers=str(layer), k=1, runs=8, max_new_tokens=1, batch_size=4)
