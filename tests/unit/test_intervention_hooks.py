@@ -266,7 +266,7 @@ def test_a_hook_on_a_deep_copy_never_fires(loaded_models, images):
 
 def test_hooks_are_removed_on_exit_and_on_error(loaded_models):
     lm = loaded_models("gemma3")
-    model = lm.model
+    model, d = lm.model, lm.hidden_size
     modules = [model.get_decoder(), *decoder_layers(model)]
 
     def registered():
@@ -287,7 +287,7 @@ def test_hooks_are_removed_on_exit_and_on_error(loaded_models):
 
 def test_invalid_edits_are_refused(loaded_models):
     lm = loaded_models("gemma3")
-    model = lm.model
+    model, d = lm.model, lm.hidden_size
     sae = standard_sae(d, 8, seed=0)
     bad = [({lm.num_layers: (sae, [0])}, {}, "not a decoder layer"),
            ({-1: (sae, [0])}, {}, "not a decoder layer"),
