@@ -28,8 +28,10 @@ temp dir on the local disk), `extract.store_batch` per batch, a checkpoint (`sta
 `--checkpoint-interval` samples, `finish()`. Phases (each gets a share of `--budget-s`):
 
   disk      the write folder's ceilings: plain write+fsync, sha256, crc32, and PtFileWriter streaming
-  bare      model.model(..., output_hidden_states=True) per language; the vision tower once per image
-            where the family has a feature cache (Gemma 3), else inside every forward, as the pipeline runs it
+  bare      model.model(..., output_hidden_states=True) per language; where the family has a feature cache
+            (`Family.feature_cache`: all but Mllama) the vision tower once per image and batch, one image per call
+            (`images.per_image_features`, as the pipeline computes its cache), the features fed to both languages
+            through mm_encoder_outputs; else inside every forward, as the pipeline runs it
   capture   capture.capture_layers (all layers) + run_until (early exit); nothing leaves the GPU
   extract   the engine's hot path: capture + store_batch -> LayerFileStream (all tokens by default)
   unit      extract.run_unit itself, once per language, sharing one image_cache where the family has one
@@ -614,10 +616,12 @@ def build_dataset(out_dir: Path, n: int, image_px) -> Path:
 
 
 class Data:
-    """Samples, prompts and pre-encoded batches (CPU) of both languages. For a family with a feature cache
-    (Gemma 3) the pixels are kept once per batch (the vision tower runs once per image); for the others each
-    language's batch keeps every processor output (pixel_values, image_grid_thw, cross_attention_mask, ...),
-    as the pipeline feeds them to the model."""
+    """Samples, prompts and pre-encoded batches (CPU) of both languages. For a family with a feature cache the
+    decoded images are kept once per batch (the vision tower runs once per image, one image per call, as
+    `images.per_image_features` does in the pipeline) and the batch's pixel_values apart (the plain pass of the
+    compute-diet check); each language's batch keeps the other processor outputs (token_type_ids, image_grid_thw,
+    image_sizes, pixel_attention_mask, ...), as the pipeline feeds them with the cached features. For the others
+    each language's batch keeps every processor output (pixel_values, cross_attention_mask, ...)."""
 
     def __init__(self, processor, family, samplesheet: Path, n: int, batch_size: int, dtype):
         import torch
@@ -636,7 +640,7 @@ class Data:
         self.prompts = {lang: prompt_for(lang, prompts) for lang in LANGS}
         self.batch_size = batch_size
         self.chunks = [self.samples[i:i + batch_size] for i in range(0, n, batch_size)]
-        # [{"n": samples, "pixels": tensor (feature-cache families only), lang: EncodedBatch}]
+        # [{"n": samples, "images": [PIL], "pixels": tensor (both feature-cache families only), lang: EncodedBatch}]
         self.batches: list[dict] = []
         for chunk in self.chunks:
             images = [load_rgb(s.image) for s in chunk]
@@ -647,6 +651,7 @@ class Data:
                 if family.feature_cache:
                     pixels = b.inputs.pop("pixel_values")
                     entry.setdefault("pixels", pixels)
+                    entry["images"] = images
                 entry[lang] = b
             self.batches.append(entry)
         self.tokens = {lang: int(sum(int(e[lang].attention_mask.sum()) for e in self.batches)) for lang in LANGS}
@@ -752,6 +757,7 @@ class ForwardImageCount:
 class Bench:
     def __init__(self, args, spec, model, processor, device, dtype, work: Path, data: Data):
         import inspect
+        from types import SimpleNamespace
 
         import torch
 
@@ -761,9 +767,11 @@ class Bench:
         self.args, self.spec, self.model, self.processor = args, spec, model, processor
         self.device, self.dtype, self.work, self.data = device, dtype, work, data
         self.family = family_of(model.config.model_type)
-        # Gemma 3: the vision tower once per image (the pipeline's image cache); the other families run it inside
-        # every forward (no feature cache in layerwise), so here too
+        # A feature-cache family: the vision tower once per image, one image per call (the pipeline's image cache,
+        # `images.per_image_features`); Mllama runs it inside every forward (no feature cache), so here too
         self.cache = self.family.feature_cache
+        # what layerwise.extract.images takes of a LoadedModel
+        self.loaded = SimpleNamespace(model=model, processor=processor, family=self.family, device=device, dtype=dtype)
         self.cuda = device.type == "cuda"
         self.num_layers = len(decoder_layers(model))
         self.layers = list(range(self.num_layers))
@@ -775,7 +783,7 @@ class Bench:
             self.diet_path = "mm_encoder_outputs"
         else:
             self.diet_path = "patched get_image_features"
-        self._returns_output = True
+        self._returns_output = None   # patched path: get_image_features returns an output object (else a tensor)
         self.forward_images = 0    # images through the vision tower inside forwards (families without a cache)
 
     def sync(self) -> None:
@@ -785,34 +793,31 @@ class Bench:
             torch.cuda.synchronize()
 
     # -- one forward (the vision tower once per image, as the shared image cache gives it) ----------------
-    def image_features(self, pixels):
-        import torch
+    def image_features(self, images) -> dict:
+        """`mm_encoder_outputs` of a batch's images: layerwise's own `images.per_image_features` (the image
+        processor and the family's `get_image_features` on one image at a time, as the pipeline fills its cache)."""
+        from layerwise.extract.images import per_image_features
 
-        with torch.inference_mode():
-            out = self.model.model.get_image_features(pixel_values=pixels)
-        self._returns_output = not isinstance(out, torch.Tensor)
-        return getattr(out, "pooler_output", out)
+        return per_image_features(self.loaded, images)
 
     def pixels_and_features(self, e) -> tuple:
         """(pixels on the device, features of the vision tower run once per image) of a feature-cache family;
         (None, None) for the others, whose batches carry their own pixel inputs."""
         if not self.cache:
             return None, None
-        pixels = e["pixels"].to(self.device, non_blocking=True)
-        return pixels, self.image_features(pixels)
+        pixels = e["pixels"].to(self.device, non_blocking=True) if self.diet_path != "mm_encoder_outputs" else None
+        return pixels, self.image_features(e["images"])
 
     def model_inputs(self, b, pixels, features) -> dict:
-        """The batch's inputs on the device; a feature-cache family gets the pixels or the cached features,
-        the others keep their own pixel inputs (pixels is None)."""
+        """The batch's inputs on the device; a feature-cache family gets the cached features (mm_encoder_outputs)
+        or, for the plain pass and the patched path, the pixels; the others keep their own pixel inputs."""
         inputs = {k: v.to(self.device, non_blocking=True) for k, v in b.inputs.items()}
-        if pixels is None:
+        if not self.cache:
             pass
         elif features is None or self.diet_path != "mm_encoder_outputs":
             inputs["pixel_values"] = pixels
         else:
-            from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-            inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
+            inputs["mm_encoder_outputs"] = features
         return inputs
 
     def _patched(self, features):
@@ -827,11 +832,12 @@ class Bench:
                 yield
                 return
             restore = self.model.model.get_image_features
+            out = features["image"]
 
             def cached(*_a, **k):
-                if k.get("return_dict") or self._returns_output:
-                    return BaseModelOutputWithPooling(pooler_output=features)
-                return features
+                if k.get("return_dict") or self._returns_output is not False:
+                    return BaseModelOutputWithPooling(pooler_output=out.pooler_output)
+                return out.pooler_output
 
             self.model.model.get_image_features = cached
             try:
@@ -845,12 +851,13 @@ class Bench:
             self.forward_images += int(inputs["input_ids"].shape[0])   # one image per sample
 
     def vision_counter(self):
-        """Counts images through the vision tower: a hook on it (feature-cache families: one pixel tensor per
-        image), else the forwards' samples (Qwen's tower takes all patches of a batch in one tensor)."""
-        from layerwise.extract.images import VisionCallCounter
+        """Counts images through the vision tower: the pipeline's own hook on it for a feature-cache family
+        (`images.vision_counter`: one image per call, or per row of a fixed-size pixel tensor), else the forwards'
+        samples (Mllama's tower takes all tiles of a batch in one tensor)."""
+        from layerwise.extract.images import vision_counter
 
         if self.cache:
-            return VisionCallCounter(self.model, self.family.vision_module)
+            return vision_counter(self.loaded)
         return ForwardImageCount(self)
 
     def forward_capture(self, inputs: dict, features) -> dict:
@@ -874,11 +881,19 @@ class Bench:
         """Max |plain - reused features| over every captured layer of batch 0 (should be ~0); None without a cache."""
         if not self.cache:
             return None
+        import torch
+
         e = self.data.batches[0]
         pixels = e["pixels"].to(self.device)
         b = e[LANGS[0]]
         plain = self.forward_capture(self.model_inputs(b, pixels, None), None)
-        features = self.image_features(pixels)
+        features = self.image_features(e["images"])
+        if self.diet_path != "mm_encoder_outputs":   # what the patched get_image_features must return
+            from layerwise.extract.images import image_inputs
+
+            with torch.inference_mode():
+                probe = self.model.model.get_image_features(**image_inputs(self.loaded, e["images"][0]))
+            self._returns_output = not isinstance(probe, torch.Tensor)
         diet = self.forward_capture(self.model_inputs(b, pixels, features), features)
         return max(float((plain[k].float() - diet[k].float()).abs().max()) for k in plain)
 

@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from layerwise.core.atomic import atomic_path, atomic_write_text
+from layerwise.core.html import FIGURES_DIR
 
 PROBES = "probes.parquet"
 DIRECTIONS = "directions.parquet"
@@ -19,6 +20,7 @@ CKA = "cka.parquet"
 CROSSLINGUAL = "crosslingual.parquet"
 SAE_FEATURES = "sae_features.parquet"
 REPORT = "report.html"
+FIGURES = FIGURES_DIR        # beside report.html: every figure as <stem>.svg, .pdf and its table <stem>.csv
 SUMMARY = "analysis.json"
 
 KEY = ["layer", "language", "view"]

@@ -1,4 +1,6 @@
-"""The report's figures, as base64 PNG strings (matplotlib, Agg canvas; no display, no network).
+"""The report's figures (matplotlib, Agg canvas; no display, no network), drawn in the shared publication style
+and saved by layerwise.core.html: a base64 PNG for the page and, with a FigureWriter, `figures/<stem>.svg`, `.pdf`
+and `.csv` (the data drawn). Each function takes `figures=` and returns a SavedFigure, or None without data.
 
 Every panel has its axis labels; line figures share one legend above the panels (not drawn over
 the data). Series that are undefined (all NaN, e.g. CKA of a view whose vectors are the same in
@@ -9,30 +11,25 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from layerwise.core.html import figure_png
+from layerwise.core.html import COLUMN_IN, figure_legend, panel_figure, report_figure
 
 VIEW_COLORS = {"image": "C0", "prompt": "C1", "caption": "C2", "all": "C3", "last": "C4"}
 SIGNIFICANT = 0.05          # probes with p_value <= this are drawn with filled markers
+# the stems of the figures in figures/ (docs/output.md)
+PROBES, DIRECTIONS, CKA, CKA_ADJACENT, CROSSLINGUAL, SAE = (
+    "probes", "directions", "cka", "cka_adjacent", "crosslingual", "sae_latents")
 
 
-def _figure(rows: int, cols: int, w: float = 3.6, h: float = 2.8, top: float = 0.3, bottom: float = 0.5,
-            left: float = 0.75, right: float = 0.2):
-    """A figure of rows x cols panels with fixed margins in inches (`top`: room for a shared legend)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    width, height = min(w * cols, 18.0), min(h * rows + top + bottom - 0.8, 24.0)
-    fig = Figure(figsize=(width, height), dpi=90)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    # fixed margins in inches (tight_layout costs a third of the rendering time)
-    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
-                        hspace=0.55, wspace=0.35)
-    return fig, axes
+def _figure(rows: int, cols: int, w: float = COLUMN_IN, h: float = 2.4, top: float = 0.3, bottom: float = 0.45,
+            left: float = 0.6, right: float = 0.15):
+    """A figure of rows x cols panels, each w x h inches, with fixed margins in inches."""
+    return panel_figure(rows, cols, panel_w=w, panel_h=h, top=top, bottom=bottom, left=left, right=right,
+                        hspace=0.5, wspace=0.4)
 
 
-def _png(fig) -> str:
-    return figure_png(fig)
+def _sorted(df: pd.DataFrame, columns, by) -> pd.DataFrame:
+    """The table behind a figure: `columns` (those present) of `df`, rows sorted by `by`."""
+    return df[[c for c in columns if c in df.columns]].sort_values(by, kind="stable").reset_index(drop=True)
 
 
 def _integer_x(ax) -> None:
@@ -51,12 +48,8 @@ def _defined(values) -> bool:
 
 
 def _figure_legend(fig, handles, labels) -> None:
-    """One legend for the whole figure, centred in the top margin."""
-    if handles:
-        width, height = fig.get_size_inches()
-        ncol = min(len(labels), 6, max(2, int(width // 1.5)))     # about 1.5 in per entry
-        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.04 / height), ncol=ncol,
-                   fontsize="small", frameon=False, handlelength=2.2)
+    """One legend for the whole figure, above the panels."""
+    figure_legend(fig, handles, labels, handlelength=2.2)
 
 
 def _unique_legend(axes) -> tuple[list, list]:
@@ -83,7 +76,8 @@ def _majority_rate(classes: str) -> float:
         return float("nan")
 
 
-def probe_plot(probes: pd.DataFrame) -> str | None:
+@report_figure(PROBES)
+def probe_plot(probes: pd.DataFrame):
     """Accuracy vs layer per (language, view), with the shuffled-label control band (mean +- 2 std)."""
     if probes is None or len(probes) == 0:
         return None
@@ -91,7 +85,7 @@ def probe_plot(probes: pd.DataFrame) -> str | None:
     from matplotlib.patches import Patch
 
     langs, views = list(dict.fromkeys(probes["language"])), _order(probes["view"])
-    fig, axes = _figure(len(langs), len(views), top=0.6)
+    fig, axes = _figure(len(langs), len(views))
     lo_all = probes.control_accuracy - 2 * probes.control_std
     y_min = max(0.0, min(0.3, float(np.nanmin(np.r_[lo_all.to_numpy(dtype=float), probes.accuracy.to_numpy(dtype=float),
                                                     [0.3]])) - 0.05))
@@ -101,10 +95,10 @@ def probe_plot(probes: pd.DataFrame) -> str | None:
             d = probes[(probes.language == lang) & (probes.view == view)].sort_values("layer")
             if "label_leak" in d and d.label_leak.astype(bool).any():
                 # the label's word is in a caption this view reads (report: "Label leakage")
-                ax.set_title(f"{lang} / {view}: label leaks", fontsize=9, color="C3", fontweight="bold")
+                ax.set_title(f"{lang} / {view}: label leaks", color="C3", fontweight="bold")
                 ax.set_facecolor("#fff3f0")
             else:
-                ax.set_title(f"{lang} / {view}", fontsize=9)
+                ax.set_title(f"{lang} / {view}")
             ax.set_ylim(y_min, 1.02)
             ax.grid(alpha=0.3)
             if r == len(langs) - 1:
@@ -132,23 +126,25 @@ def probe_plot(probes: pd.DataFrame) -> str | None:
     labels = ["probe (bar: std over folds), p ≤ 0.05", "probe, p > 0.05", "shuffled-label control ± 2 std",
               "control mean", "majority-class rate"]
     _figure_legend(fig, handles, labels)
-    return _png(fig)
+    return fig, _sorted(probes, ["language", "view", "layer", "accuracy", "accuracy_std", "control_accuracy",
+                                 "control_std", "p_value", "chance", "label_leak"], ["language", "view", "layer"])
 
 
-def cka_heatmaps(cka: pd.DataFrame) -> str | None:
+@report_figure(CKA)
+def cka_heatmaps(cka: pd.DataFrame):
     if cka is None or len(cka) == 0:
         return None
     import matplotlib
 
     langs, views = list(dict.fromkeys(cka["language"])), _order(cka["view"])
-    fig, axes = _figure(len(langs), len(views), 3.4, 3.0, right=1.3)
+    fig, axes = _figure(len(langs), len(views), 2.9, 2.7, right=1.0)
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
     im = None
     for r, lang in enumerate(langs):
         for c, view in enumerate(views):
             ax = axes[r][c]
             d = cka[(cka.language == lang) & (cka.view == view)]
-            ax.set_title(f"{lang} / {view}", fontsize=9)
+            ax.set_title(f"{lang} / {view}")
             if len(d) == 0:
                 ax.axis("off")
                 continue
@@ -169,17 +165,19 @@ def cka_heatmaps(cka: pd.DataFrame) -> str | None:
             ax.set_ylabel("layer", fontsize=8)
     if im is not None:
         width = fig.get_size_inches()[0]
-        cax = fig.add_axes([1 - 1.15 / width, 0.2, 0.12 / width, 0.6])
+        cax = fig.add_axes([1 - 0.85 / width, 0.2, 0.12 / width, 0.6])
         fig.colorbar(im, cax=cax, label="linear CKA")
-    return _png(fig)
+    return fig, _sorted(cka, ["language", "view", "layer_a", "layer_b", "cka", "n_samples"],
+                        ["language", "view", "layer_a", "layer_b"])
 
 
-def adjacent_cka_plot(cka: pd.DataFrame) -> str | None:
+@report_figure(CKA_ADJACENT)
+def adjacent_cka_plot(cka: pd.DataFrame):
     if cka is None or len(cka) == 0 or not cka["adjacent"].any():
         return None
     adj = cka[cka["adjacent"]]
     langs = list(dict.fromkeys(adj["language"]))
-    fig, axes = _figure(1, len(langs), 4.2, 3.0, top=0.7)
+    fig, axes = _figure(1, len(langs))
     for ax, lang in zip(axes[0], langs):
         undefined = []
         for view in _order(adj["view"]):
@@ -188,7 +186,7 @@ def adjacent_cka_plot(cka: pd.DataFrame) -> str | None:
                 ax.plot(d.layer_a, d.cka, marker="o", ms=3, color=VIEW_COLORS.get(view, "C5"), label=view)
             elif len(d):
                 undefined.append(view)
-        ax.set_title(f"{lang}: CKA(layer, next layer)", fontsize=9)
+        ax.set_title(f"{lang}: CKA(layer, next layer)")
         _integer_x(ax)
         ax.set_xlabel("layer")
         ax.set_ylim(0, 1.02)
@@ -196,16 +194,18 @@ def adjacent_cka_plot(cka: pd.DataFrame) -> str | None:
         _undefined(ax, undefined)
     axes[0][0].set_ylabel("linear CKA")
     _figure_legend(fig, *_unique_legend(axes[0]))
-    return _png(fig)
+    return fig, _sorted(adj, ["language", "view", "layer_a", "layer_b", "cka", "n_samples"],
+                        ["language", "view", "layer_a"])
 
 
-def crosslingual_plot(cross: pd.DataFrame) -> str | None:
+@report_figure(CROSSLINGUAL)
+def crosslingual_plot(cross: pd.DataFrame):
     if cross is None or len(cross) == 0:
         return None
     from matplotlib.lines import Line2D
 
     pairs = list(dict.fromkeys(zip(cross.language_a, cross.language_b)))
-    fig, axes = _figure(len(pairs), 3, 4.0, 3.0, top=0.6)
+    fig, axes = _figure(len(pairs), 3)
     views = _order(cross["view"])
     for r, (la, lb) in enumerate(pairs):
         sub = cross[(cross.language_a == la) & (cross.language_b == lb)]
@@ -221,9 +221,9 @@ def crosslingual_plot(cross: pd.DataFrame) -> str | None:
                 axes[r][2].plot(d.layer, d.cka, color=col, lw=lw, marker="o", ms=3)
             elif len(d):
                 undefined.append(view)
-        axes[r][0].set_title(f"{la} vs {lb}: mean cosine", fontsize=9)
-        axes[r][1].set_title(f"{la} vs {lb}: cosine after centering", fontsize=9)
-        axes[r][2].set_title(f"{la} vs {lb}: linear CKA", fontsize=9)
+        axes[r][0].set_title(f"{la} vs {lb}: mean cosine")
+        axes[r][1].set_title(f"{la} vs {lb}: cosine after centering")
+        axes[r][2].set_title(f"{la} vs {lb}: linear CKA")
         axes[r][0].set_ylabel("cosine")
         axes[r][1].set_ylabel("cosine")
         axes[r][2].set_ylabel("linear CKA")
@@ -237,17 +237,20 @@ def crosslingual_plot(cross: pd.DataFrame) -> str | None:
     handles += [Line2D([], [], color="0.3", marker="o", ms=3), Line2D([], [], color="0.3", ls="--")]
     labels += ["matched (same sample)", "mismatched (deranged pairs)"]
     _figure_legend(fig, handles, labels)
-    return _png(fig)
+    return fig, _sorted(cross, ["language_a", "language_b", "view", "layer", "matched_cosine", "mismatched_cosine",
+                                "centered_matched_cosine", "centered_mismatched_cosine", "cka", "n_samples"],
+                        ["language_a", "language_b", "view", "layer"])
 
 
-def direction_plot(dirs: pd.DataFrame) -> str | None:
+@report_figure(DIRECTIONS)
+def direction_plot(dirs: pd.DataFrame):
     """Cross-lingual direction cosine (with its shuffled-label control), held-out effect size, transfer."""
     if dirs is None or len(dirs) == 0:
         return None
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    fig, axes = _figure(1, 3, 4.0, 3.0, top=0.85)
+    fig, axes = _figure(1, 3)
     styles = ["-", "--", ":", "-."]
     langs = list(dict.fromkeys(dirs.language))
     views = _order(dirs["view"])
@@ -271,9 +274,9 @@ def direction_plot(dirs: pd.DataFrame) -> str | None:
     if np.isfinite(chance):
         axes[0][2].axhline(chance, color="k", lw=0.6, ls=":")
     axes[0][1].axhline(0, color="k", lw=0.6)
-    axes[0][0].set_title("cosine of the two languages' directions", fontsize=9)
-    axes[0][1].set_title("held-out effect size", fontsize=9)
-    axes[0][2].set_title("probe transfer (language offset removed)", fontsize=9)
+    axes[0][0].set_title("cosine of the two languages' directions")
+    axes[0][1].set_title("held-out effect size")
+    axes[0][2].set_title("probe transfer (language offset removed)")
     axes[0][0].set_ylabel("cosine")
     axes[0][1].set_ylabel("Cohen's d (test folds)")
     axes[0][2].set_ylabel("accuracy on the other language")
@@ -296,22 +299,29 @@ def direction_plot(dirs: pd.DataFrame) -> str | None:
         handles.append(Line2D([], [], color="k", lw=0.6, ls=":"))
         labels.append("majority-class rate")
     _figure_legend(fig, handles, labels)
-    return _png(fig)
+    return fig, _sorted(dirs, ["language", "other_language", "view", "layer", "direction_cosine",
+                               "direction_cosine_control", "direction_cosine_control_std", "heldout_effect_size",
+                               "centered_transfer_accuracy", "classes"], ["language", "view", "layer"])
 
 
-def sae_plot(sae: pd.DataFrame) -> str | None:
+@report_figure(SAE)
+def sae_plot(sae: pd.DataFrame):
+    """Latents passing Benjamini-Hochberg per layer, a line per (language, view) tested."""
     if sae is None or len(sae) == 0:
         return None
     counts = sae.drop_duplicates(["layer", "language", "view"])
-    fig, axes = _figure(1, 1, 5.0, 3.0)
+    fig, axes = _figure(1, 1)
     ax = axes[0][0]
     for (lang, view), d in counts.groupby(["language", "view"], sort=False):
         d = d.sort_values("layer")
-        ax.plot(d.layer, d.n_passing, marker="o", ms=3, color=VIEW_COLORS.get(view, "C5"), label=f"{lang} / {view}")
-    ax.set_title("SAE latents passing Benjamini-Hochberg", fontsize=9)
+        ax.plot(d.layer, d.n_passing, marker="o", ms=3, color=VIEW_COLORS.get(view, "C5"), label=f"{lang} / {view}",
+                ls="-" if lang == counts.language.iloc[0] else "--")
+    ax.set_title("SAE latents passing Benjamini-Hochberg")
     _integer_x(ax)
     ax.set_xlabel("layer")
-    ax.set_ylabel("latents")
+    ax.set_ylabel("latents (held-out split)")
+    ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="x-small")
-    return _png(fig)
+    _figure_legend(fig, *_unique_legend([ax]))
+    return fig, _sorted(counts, ["language", "view", "layer", "n_passing", "d_sae", "n_selection", "n_heldout"],
+                        ["language", "view", "layer"])

@@ -1,6 +1,9 @@
-"""report.html: self-contained (figures are embedded base64 PNGs; no script, no network)."""
+"""report.html: self-contained (figures are embedded base64 PNGs; no script, no network), and figures/: every
+figure as SVG and PDF with the table behind it as CSV (layerwise.core.html)."""
 from __future__ import annotations
 
+import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +13,7 @@ from markupsafe import Markup
 
 from layerwise.analysis import outputs, plots
 from layerwise.analysis.views import ALL_VIEW_NAMES
-from layerwise.core.html import BASE_CSS
+from layerwise.core.html import BASE_CSS, FigureWriter
 
 TEMPLATE = """<!DOCTYPE html>
 <html lang="en">
@@ -53,37 +56,48 @@ every probe, direction, cross-lingual comparison, CKA and SAE latent of their la
 <code>analysis.json</code> <code>nan_excluded</code> lists them).</p>{% endif %}
 
 <h2>Gender probes</h2>
-{% if figs.probes %}<img alt="probe accuracy vs layer" src="data:image/png;base64,{{ figs.probes }}">
+{% if figs.probes %}{{ figs.probes.html("probe accuracy vs layer") | safe }}
 <p>Line: mean held-out accuracy (error bar: std over folds). Grey band: shuffled-label control, mean ± 2 std
 over permutations. Dotted: majority-class rate.</p>{% else %}<p>No probe results.</p>{% endif %}
 <details><summary>probes table ({{ tables.probes | length }} rows)</summary>{{ tables.probes_html }}</details>
 
 <h2>Gender directions</h2>
-{% if figs.directions %}<img alt="gender directions" src="data:image/png;base64,{{ figs.directions }}">{% else %}<p>No direction results.</p>{% endif %}
+{% if figs.directions %}{{ figs.directions.html("gender directions") | safe }}{% else %}<p>No direction results.</p>{% endif %}
 <details><summary>directions table</summary>{{ tables.directions_html }}</details>
 
 <h2>Cross-layer similarity (linear CKA)</h2>
-{% if figs.cka %}<img alt="CKA heatmaps" src="data:image/png;base64,{{ figs.cka }}">{% else %}<p>No CKA results.</p>{% endif %}
-{% if figs.adjacent %}<img alt="adjacent-layer CKA" src="data:image/png;base64,{{ figs.adjacent }}">{% endif %}
+{% if figs.cka %}{{ figs.cka.html("CKA heatmaps") | safe }}{% else %}<p>No CKA results.</p>{% endif %}
+{% if figs.adjacent %}{{ figs.adjacent.html("adjacent-layer CKA") | safe }}{% endif %}
 
 <h2>Cross-lingual similarity</h2>
-{% if figs.crosslingual %}<img alt="cross-lingual similarity" src="data:image/png;base64,{{ figs.crosslingual }}">
+{% if figs.crosslingual %}{{ figs.crosslingual.html("cross-lingual similarity") | safe }}
 <p>Matched: a sample's vector in one language with its own vector in the other; mismatched: with another
 sample's (seeded derangement). The caption view is drawn thicker.</p>{% else %}<p>No cross-lingual results.</p>{% endif %}
 <details><summary>crosslingual table</summary>{{ tables.crosslingual_html }}</details>
 
 {% if has_sae %}
-<h2>SAE latents associated with gender</h2>
-{% if figs.sae %}<img alt="SAE latents passing BH" src="data:image/png;base64,{{ figs.sae }}">{% endif %}
+<h2 id="sae">SAE latents associated with gender</h2>
+<p id="sae-tests"><strong>Latent tests</strong> (one per layer, language and view with an SAE: every latent tested
+on the held-out split, Benjamini-Hochberg{% if sae.alpha is not none %} at q ≤ {{ sae.alpha }}{% endif %}):
+{{ sae.tests }} in all: {{ sae.ran }} ran{% if sae.ran %} ({{ sae.with_passing }} with latents passing, {{ sae.passing }}
+latent(s) in all){% endif %}, {{ sae.skipped }} skipped.</p>
+{% if sae.reasons %}<ul id="sae-skipped">{% for r in sae.reasons %}<li>{{ r.count }} skipped: {{ r.reason }}{% if r.details %}
+({% for d, n in r.details %}{{ d }}{% if r.details | length > 1 %}: {{ n }}{% endif %}{{ "; " if not loop.last }}{% endfor %}){% endif %}
+— {{ r.where }}.{% if r.hint %} {{ r.hint }}{% endif %}</li>{% endfor %}</ul>{% endif %}
+{% if sae.other %}<ul id="sae-notes">{% for r in sae.other %}<li>{{ r.message }}{% if r.count > 1 %} ({{ r.count }} times){% endif %} — {{ r.where }}</li>{% endfor %}</ul>{% endif %}
+{% if figs.sae %}{{ figs.sae.html("SAE latents passing BH") | safe }}{% endif %}
 {% if tables.sae_html %}<p>Latents passing Benjamini-Hochberg (held-out split), best 10 per (layer, language, view):</p>
-{{ tables.sae_html }}{% else %}<p>No latent passes the Benjamini-Hochberg threshold.</p>{% endif %}
+{{ tables.sae_html }}{% elif sae.ran %}<p>No latent passes the Benjamini-Hochberg threshold in the {{ sae.ran }} test(s) that ran.</p>
+{% else %}<p>No latent test ran, so no latent could pass Benjamini-Hochberg.</p>{% endif %}
 {% endif %}
 
 <h2>Notes ({{ notes | length }})</h2>
+{% if sae.summarised %}<p>{{ sae.summarised }} note(s) of the SAE latent tests are summarised in
+<a href="#sae">their section</a> (analysis.json lists every note).</p>{% endif %}
 {% if notes %}<table><tr><th>stage</th><th>layer</th><th>language</th><th>view</th><th>note</th></tr>
 {% for n in notes %}<tr><td>{{ n.stage }}</td><td>{{ n.layer if n.layer is not none else "" }}</td>
 <td>{{ n.language or "" }}</td><td>{{ n.view or "" }}</td><td>{{ n.message }}</td></tr>{% endfor %}</table>
-{% else %}<p>Nothing was skipped.</p>{% endif %}
+{% elif not sae.summarised %}<p>Nothing was skipped.</p>{% endif %}
 </body>
 </html>
 """
@@ -109,27 +123,101 @@ def _leak_summary(leaks: dict | None, probes: pd.DataFrame | None) -> dict:
     return {"known": leaks is not None, "languages": languages, "views": views}
 
 
+SKIPPED = "SAE associations skipped: "      # run.py's note of an SAE latent test that did not run
+_DETAIL = re.compile(r"^(?P<reason>.*?)\s*\((?P<detail>[^()]*)\)$")
+
+
+def _span(values) -> str:
+    """'0–5' for consecutive layers, else '0, 2, 7'."""
+    vals = sorted({int(v) for v in values})
+    if not vals:
+        return ""
+    if len(vals) > 2 and vals == list(range(vals[0], vals[-1] + 1)):
+        return f"{vals[0]}–{vals[-1]}"
+    return ", ".join(map(str, vals))
+
+
+def _where(notes: list[dict[str, Any]]) -> str:
+    """Where a group of notes was made: their layers, languages and views."""
+    parts = []
+    layers = [n["layer"] for n in notes if n.get("layer") is not None]
+    if layers:
+        parts.append(f"layer{'s' if len(set(layers)) > 1 else ''} {_span(layers)}")
+    for key, name in (("language", "language"), ("view", "view")):
+        vals = list(dict.fromkeys(str(n[key]) for n in notes if n.get(key)))
+        if vals:
+            parts.append(f"{name}{'s' if len(vals) > 1 else ''} {', '.join(vals)}")
+    return "; ".join(parts) or "the whole run"
+
+
+def sae_summary(sae: pd.DataFrame | None, notes: list[dict[str, Any]], alpha: float | None = None) -> dict[str, Any]:
+    """What the SAE section says once: how many latent tests (one per layer, language and view with an SAE) ran,
+    how many found latents passing Benjamini-Hochberg, how many were skipped, grouped by reason with counts (a
+    reason's varying detail in parentheses, e.g. the class counts, counted apart), and the SAE stage's other
+    notes grouped by message. `summarised`: the notes it stands for (left out of the Notes table)."""
+    ran = with_passing = passing = 0
+    if sae is not None and len(sae):
+        groups = sae.drop_duplicates(["layer", "language", "view"])
+        ran = len(groups)
+        n_passing = pd.to_numeric(groups["n_passing"], errors="coerce").fillna(0)
+        with_passing, passing = int((n_passing > 0).sum()), int(n_passing.sum())
+    sae_notes = [n for n in notes if n.get("stage") == "sae"]
+    by_reason: dict[str, list[tuple[dict, str | None]]] = {}
+    other: dict[str, list[dict]] = {}
+    for n in sae_notes:
+        msg = str(n.get("message", ""))
+        if msg.startswith(SKIPPED):
+            why = msg[len(SKIPPED):].strip()
+            m = _DETAIL.match(why)
+            reason, detail = (m["reason"], m["detail"]) if m else (why, None)
+            by_reason.setdefault(reason, []).append((n, detail))
+        else:
+            other.setdefault(msg, []).append(n)
+    reasons = []
+    for reason, items in sorted(by_reason.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        details = Counter(d for _, d in items if d)
+        reasons.append({
+            "reason": reason, "count": len(items), "where": _where([n for n, _ in items]),
+            "details": sorted(details.items(), key=lambda kv: (-kv[1], kv[0])),
+            "hint": ("A test needs at least 4 labelled samples of each class, split (stratified) into selection "
+                     "and held-out parts of at least 4 each (the analysis option sae_heldout_fraction); with an "
+                     "SAE's split.json only its validation samples count (the SAE stage's validation_fraction)."
+                     if reason.startswith("too few samples") else None)})
+    skipped = sum(r["count"] for r in reasons)
+    return {"tests": ran + skipped, "ran": ran, "with_passing": with_passing, "passing": passing,
+            "skipped": skipped, "reasons": reasons, "alpha": alpha,
+            "other": [{"message": m, "count": len(ns), "where": _where(ns)} for m, ns in other.items()],
+            "summarised": len(sae_notes)}
+
+
 def write_report(tables: dict[str, pd.DataFrame], notes: list[dict[str, Any]], facts: dict, out_path: Path) -> Path:
+    """Write report.html and, beside it, figures/ (every figure as SVG, PDF and its table as CSV)."""
+    out_path = Path(out_path)
     probes = tables.get(outputs.PROBES)
     dirs = tables.get(outputs.DIRECTIONS)
     cka = tables.get(outputs.CKA)
     cross = tables.get(outputs.CROSSLINGUAL)
     sae = tables.get(outputs.SAE_FEATURES)
+    figures = FigureWriter(out_path.parent / outputs.FIGURES)
     figs = {
-        "probes": plots.probe_plot(probes), "directions": plots.direction_plot(dirs),
-        "cka": plots.cka_heatmaps(cka), "adjacent": plots.adjacent_cka_plot(cka),
-        "crosslingual": plots.crosslingual_plot(cross), "sae": plots.sae_plot(sae),
+        "probes": plots.probe_plot(probes, figures=figures),
+        "directions": plots.direction_plot(dirs, figures=figures),
+        "cka": plots.cka_heatmaps(cka, figures=figures), "adjacent": plots.adjacent_cka_plot(cka, figures=figures),
+        "crosslingual": plots.crosslingual_plot(cross, figures=figures), "sae": plots.sae_plot(sae, figures=figures),
     }
     sae_top = None
     if sae is not None and len(sae):
-        passing = sae[sae.passes_bh]
+        passing = sae[sae.passes_bh.astype(bool)]
         if len(passing):
             sae_top = (passing.sort_values("rank").groupby(["layer", "language", "view"], sort=True).head(10)
                        [["layer", "language", "view", "latent", "rank", "auroc", "smd", "q_value", "mean_a", "mean_b",
                          "firing_rate_a", "firing_rate_b"]])
+    has_sae = sae is not None
+    summary = sae_summary(sae, notes, facts.get("sae_alpha")) if has_sae else {"summarised": 0}
+    shown = [n for n in notes if not (has_sae and n.get("stage") == "sae")]
     env = jinja2.Environment(autoescape=True)
     html = env.from_string(TEMPLATE).render(base_css=BASE_CSS,
-        facts=facts, figs=figs, notes=notes, has_sae=sae is not None,
+        facts=facts, figs=figs, notes=shown, has_sae=has_sae, sae=summary,
         leak=_leak_summary(facts.get("label_leaks"), probes),
         tables={"probes": probes if probes is not None else [],
                 "probes_html": Markup(_html_table(probes)),

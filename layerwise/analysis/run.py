@@ -580,7 +580,7 @@ def _summary_facts(layers, languages, opts: Options, leaks: dict | None = None,
                    nan_excluded: list[dict] | None = None) -> dict:
     return {"layers": layers, "languages": languages, "folds": opts.folds, "permutations": opts.permutations,
             "seed": opts.seed, "classes": list(opts.classes), "views": list(opts.views), "label_leaks": leaks,
-            "nan_excluded": nan_excluded or []}
+            "nan_excluded": nan_excluded or [], "sae_alpha": opts.sae_alpha}
 
 
 def _versions() -> dict:

@@ -18,6 +18,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out-dir", type=Path, help="SAE root folder (e.g. results/sae)")
     p.add_argument("--metrics", type=Path, help="metrics table (default: <out-dir>/metrics.parquet)")
+    p.add_argument("--samplesheet", type=Path,
+                   help="the samplesheet the layer files were extracted from, recorded with its sha256 in each cfg.json "
+                        "(metadata.dataset_path); default: <outdir>/pipeline_info/samplesheet.valid.csv when the layer "
+                        "files are an outdir's layer_checkpoints/ (links followed), else none")
     p.add_argument("--options-json", type=Path, help="JSON object of SAE options (flags override it)")
     p.add_argument("--stub-layer", type=int, default=None, metavar="L",
                    help="for -stub-run: write the (empty) SAE folder of layer L as a real run names it, train nothing")
@@ -73,7 +77,7 @@ def main(argv=None) -> int:
 
     records = []
     for layer, paths in group_by_layer(args.layer_files).items():
-        recs = train_layer_sae(paths, args.out_dir, options)
+        recs = train_layer_sae(paths, args.out_dir, options, samplesheet=args.samplesheet)
         records += recs
         val = next(r for r in recs if r["split"] == "validation")
         left_out = sum(n for r in recs for n in r["excluded_samples"].values())

@@ -1,4 +1,5 @@
-"""report.html of `layerwise compare`: self-contained (figures are embedded base64 PNGs; no script, no network).
+"""report.html of `layerwise compare`: self-contained (figures are embedded base64 PNGs; no script, no network);
+every figure also as figures/<stem>.svg, .pdf and .csv beside it (layerwise.core.html).
 
 Every figure puts layers on the relative-depth axis (layer / (num_layers - 1)) so that models of different
 depths line up, with one line (one colour) per model.
@@ -17,7 +18,7 @@ from markupsafe import Markup
 from layerwise.compare.inputs import INTERVENTION, POOLED, Result
 from layerwise.compare.table import VIEW_ORDER
 from layerwise.core.atomic import atomic_write_text
-from layerwise.core.html import BASE_CSS, figure_png
+from layerwise.core.html import BASE_CSS, FIGURES_DIR, FigureWriter, figure_legend, panel_figure, report_figure
 
 SIGNIFICANT = 0.05          # probes with p_value <= this are drawn with filled markers
 DEPTH_LABEL = "relative depth: layer / (layers − 1)"
@@ -55,18 +56,18 @@ its last, so that models of different depths line up. The table behind every fig
 {% else %}<p>Every outdir has its analysis and its SAEs.</p>{% endif %}
 
 <h2>Gender probes by relative depth</h2>
-{% if figs.probes %}<img alt="probe accuracy vs relative depth" src="data:image/png;base64,{{ figs.probes }}">
+{% if figs.probes %}{{ figs.probes.html("probe accuracy vs relative depth") | safe }}
 <p>One panel per (language, view), one colour per model. Line: mean held-out probe accuracy; filled markers:
 permutation p ≤ {{ significant }}. Shaded band: that model's shuffled-label control, mean ± 2 std. A view a
 model does not have is named in the panel.</p>{% else %}<p>No outdir has probe results.</p>{% endif %}
 
 <h2>SAE quality by relative depth</h2>
-{% if figs.sae %}<img alt="SAE explained variance and dead latents vs relative depth" src="data:image/png;base64,{{ figs.sae }}">
+{% if figs.sae %}{{ figs.sae.html("SAE explained variance and dead latents vs relative depth") | safe }}
 <p>Validation split (samples the SAEs were not trained on). One colour per model; dashed and dotted lines are
 per-language SAEs, solid ones the pooled SAE of the layer.</p>{% else %}<p>No outdir has SAE metrics.</p>{% endif %}
 
 <h2>Intervention</h2>
-{% if figs.intervention %}<img alt="intervention change vs relative depth" src="data:image/png;base64,{{ figs.intervention }}">{% endif %}
+{% if figs.intervention %}{{ figs.intervention.html("intervention change vs relative depth") | safe }}{% endif %}
 {% if tables.intervention %}<p>Every row of each outdir's <code>{{ intervention_file }}</code>:</p>{{ tables.intervention }}
 {% else %}<p>No outdir has <code>{{ intervention_file }}</code>.</p>{% endif %}
 
@@ -80,30 +81,16 @@ per-language SAEs, solid ones the pooled SAE of the layer.</p>{% else %}<p>No ou
 MAX_ROWS = 5000
 
 
-def _figure(rows: int, cols: int, w: float = 3.8, h: float = 2.9, top: float = 0.7):
-    """A figure of rows x cols panels with fixed margins in inches (`top`: room for a shared legend)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    bottom, left, right = 0.55, 0.75, 0.2
-    width, height = min(w * cols, 18.0), min(h * rows + top + bottom - 0.6, 24.0)
-    fig = Figure(figsize=(width, height), dpi=90)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
-                        hspace=0.55, wspace=0.3)
-    return fig, axes
+PROBES_FIGURE, SAE_FIGURE, INTERVENTION_FIGURE = "probes", "sae", "intervention"   # figures/<stem>.svg, .pdf, .csv
 
 
-def _png(fig) -> str:
-    return figure_png(fig)
+def _figure(rows: int, cols: int, h: float = 2.5):
+    """A figure of rows x cols panels, each one paper column wide, with fixed margins in inches."""
+    return panel_figure(rows, cols, panel_h=h, top=0.3, bottom=0.5, left=0.6, right=0.15, hspace=0.5, wspace=0.4)
 
 
 def _legend(fig, handles, labels) -> None:
-    if handles:
-        width, height = fig.get_size_inches()
-        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.04 / height),
-                   ncol=min(len(labels), max(2, int(width // 1.8))), fontsize="small", frameon=False)
+    figure_legend(fig, handles, labels)
 
 
 def _ordered(values: Sequence[Any], preferred: Sequence[str] = ()) -> list[str]:
@@ -111,11 +98,17 @@ def _ordered(values: Sequence[Any], preferred: Sequence[str] = ()) -> list[str]:
     return sorted(vals, key=lambda v: (preferred.index(v) if v in preferred else len(preferred), ""))
 
 
+def _drawn(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """The table behind a figure: the rows drawn, the columns it reads (comparison.parquet's order)."""
+    return df[[c for c in columns if c in df.columns]].reset_index(drop=True)
+
+
 def colors(models: Sequence[str]) -> dict[str, str]:
     return {m: f"C{i % 10}" for i, m in enumerate(models)}
 
 
-def probe_figure(table: pd.DataFrame, models: Sequence[str]) -> str | None:
+@report_figure(PROBES_FIGURE)
+def probe_figure(table: pd.DataFrame, models: Sequence[str]):
     """Probe accuracy vs relative depth per (language, view): one line per model, its control band."""
     d = table[table["view"].notna() & table["probe_accuracy"].notna()]
     if len(d) == 0:
@@ -130,7 +123,7 @@ def probe_figure(table: pd.DataFrame, models: Sequence[str]) -> str | None:
     for r, lang in enumerate(langs):
         for c, view in enumerate(views):
             ax = axes[r][c]
-            ax.set_title(f"{lang} / {view}", fontsize=9)
+            ax.set_title(f"{lang} / {view}")
             absent = []
             for m in probed:
                 s = d[(d["model"] == m) & (d["language"] == lang) & (d["view"] == view)].sort_values("layer")
@@ -152,7 +145,7 @@ def probe_figure(table: pd.DataFrame, models: Sequence[str]) -> str | None:
             ax.set_ylim(0.0, 1.02)
             ax.grid(alpha=0.3)
             if r == len(langs) - 1:
-                ax.set_xlabel(DEPTH_LABEL, fontsize=8)
+                ax.set_xlabel(DEPTH_LABEL)
             if c == 0:
                 ax.set_ylabel("held-out probe accuracy")
     handles = [Line2D([], [], color=color[m], lw=1.3, marker="o", ms=4) for m in probed]
@@ -160,10 +153,12 @@ def probe_figure(table: pd.DataFrame, models: Sequence[str]) -> str | None:
     handles += [Line2D([], [], color="0.3", lw=0, marker="o", ms=4, mfc="white"), Patch(color="0.5", alpha=0.25)]
     labels += [f"p > {SIGNIFICANT}", "shuffled-label control ± 2 std"]
     _legend(fig, handles, labels)
-    return _png(fig)
+    return fig, _drawn(d, ["model", "language", "view", "layer", "relative_depth", "probe_accuracy", "control_accuracy",
+                           "control_std", "p_value"])
 
 
-def sae_figure(table: pd.DataFrame, models: Sequence[str]) -> str | None:
+@report_figure(SAE_FIGURE)
+def sae_figure(table: pd.DataFrame, models: Sequence[str]):
     """SAE explained variance, dead fraction and L0 (validation) vs relative depth, a line per (model, SAE language)."""
     s = table[table["sae_explained_variance"].notna()].drop_duplicates(["model", "layer", "sae_language"])
     if len(s) == 0:
@@ -171,7 +166,7 @@ def sae_figure(table: pd.DataFrame, models: Sequence[str]) -> str | None:
     color = colors(models)
     panels = (("sae_explained_variance", "explained variance"), ("sae_dead_fraction", "fraction of dead latents"),
               ("sae_mean_l0", "mean L0 (active latents per token)"))
-    fig, axes = _figure(1, len(panels), w=4.6, h=3.2)
+    fig, axes = _figure(1, len(panels))
     sae_langs = [POOLED] + [x for x in _ordered(s["sae_language"]) if x != POOLED]
     styles = ["-", "--", ":", "-."]
     for ax, (col, title) in zip(axes[0], panels):
@@ -181,24 +176,25 @@ def sae_figure(table: pd.DataFrame, models: Sequence[str]) -> str | None:
                 if len(line):
                     ax.plot(line["relative_depth"], line[col], marker="o", ms=3, color=color[m],
                             ls=styles[i % len(styles)], label=m if lang == POOLED else f"{m} ({lang})")
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel(DEPTH_LABEL, fontsize=8)
+        ax.set_title(title)
+        ax.set_xlabel(DEPTH_LABEL)
         ax.set_xlim(-0.03, 1.03)
         ax.grid(alpha=0.3)
     axes[0][1].set_ylim(-0.02, 1.02)
     _legend(fig, *axes[0][0].get_legend_handles_labels())
-    return _png(fig)
+    return fig, _drawn(s, ["model", "sae_language", "layer", "relative_depth", *(c for c, _ in panels)])
 
 
-def intervention_figure(table: pd.DataFrame, models: Sequence[str]) -> str | None:
+@report_figure(INTERVENTION_FIGURE)
+def intervention_figure(table: pd.DataFrame, models: Sequence[str]):
     """Intervention change % and ratio vs relative depth, a line per (model, language)."""
     s = table[table["intervention_change_pct"].notna()].drop_duplicates(["model", "layer", "language"])
     if len(s) == 0:
         return None
     color = colors(models)
-    fig, axes = _figure(1, 2, w=4.8, h=3.2)
+    fig, axes = _figure(1, 2)
     langs = _ordered(s["language"])
-    for ax, (col, title) in zip(axes[0], (("intervention_change_pct", "gendered words: change against baseline (%)"),
+    for ax, (col, title) in zip(axes[0], (("intervention_change_pct", "gendered words: change vs baseline (%)"),
                                           ("intervention_ratio", "targeted / random change"))):
         for m in models:
             for i, lang in enumerate(langs):
@@ -207,12 +203,13 @@ def intervention_figure(table: pd.DataFrame, models: Sequence[str]) -> str | Non
                     ax.plot(line["relative_depth"], line[col], marker="o", ms=4, color=color[m],
                             ls=["-", "--", ":", "-."][i % 4], label=f"{m} ({lang})")
         ax.axhline(0, color="k", lw=0.6, ls=":")
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel(DEPTH_LABEL, fontsize=8)
+        ax.set_title(title)
+        ax.set_xlabel(DEPTH_LABEL)
         ax.set_xlim(-0.03, 1.03)
         ax.grid(alpha=0.3)
     _legend(fig, *axes[0][0].get_legend_handles_labels())
-    return _png(fig)
+    return fig, _drawn(s, ["model", "language", "layer", "relative_depth", "intervention_change_pct",
+                           "intervention_random_mean", "intervention_ratio"])
 
 
 def _span(layers: Sequence[int]) -> str:
@@ -260,8 +257,9 @@ def write_report(results: Sequence[Result], table: pd.DataFrame, path: str | Pat
     if interventions:
         intervention = pd.concat(interventions, ignore_index=True)
         intervention = intervention[["model"] + [c for c in intervention.columns if c != "model"]]
-    figs = {"probes": probe_figure(table, models), "sae": sae_figure(table, models),
-            "intervention": intervention_figure(table, models)}
+    figures = FigureWriter(path.parent / FIGURES_DIR)
+    figs = {"probes": probe_figure(table, models, figures=figures), "sae": sae_figure(table, models, figures=figures),
+            "intervention": intervention_figure(table, models, figures=figures)}
     env = jinja2.Environment(autoescape=True)
     html = env.from_string(TEMPLATE).render(base_css=BASE_CSS,
         models=model_rows(results, table), figs=figs, significant=SIGNIFICANT,

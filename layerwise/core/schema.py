@@ -93,3 +93,8 @@ SAMPLES_PARQUET = "metadata/samples.parquet"
 LAYERS_PARQUET = "metadata/layers.parquet"
 NORMS_PARQUET = "metadata/norms_by_gender.parquet"
 REPORT_HTML = "validation_report.html"
+# The token of every stored row (sample, language, position): concatenated by PUBLISH_RESULTS from the table each
+# extraction unit writes into its folder (UNIT_TOKENS_FILE: the unit has the tokenizer, publishing loads no model).
+TOKENS_PARQUET = "metadata/tokens.parquet"
+UNIT_TOKENS_FILE = "tokens.parquet"
+TOKENS_COLUMNS = ("sample_id", "language", "position", "token_id", "token", "kind")

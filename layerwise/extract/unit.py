@@ -24,17 +24,16 @@ from pathlib import Path
 import torch
 from PIL import Image
 from tqdm import tqdm
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from layerwise.core import schema
-from layerwise.core.atomic import atomic_write_json
+from layerwise.core.atomic import atomic_path, atomic_write_json
 from layerwise.core.contract import UnitSummary
 from layerwise.core.errors import LayerwiseError
 from layerwise.core.layers import parse_layer_spec
 from layerwise.core.locks import FileLock, is_locked
 from layerwise.core.prompts import load_prompts, prompt_for
 from layerwise.core.sheet import iter_samples, parse_rows, read_valid_samplesheet
-from layerwise.extract.images import ImageFeatures, VisionCallCounter, per_image_features, shared_features
+from layerwise.extract.images import ImageFeatures, feature_rows, per_image_features, shared_features, vision_counter
 from layerwise.layerfile.stream import LayerFileStream, UnitLayout
 from layerwise.models.capture import capture_layers, run_until
 from layerwise.models.families import PER_IMAGE, Family, family_of
@@ -192,6 +191,41 @@ def plan_layout(builder: InputBuilder, kinds: TokenKinds, samples, prompt: str, 
     return UnitLayout(lengths, ids_out, kinds_out)
 
 
+def tokens_table(tokenizer, samples, language: str, layout: UnitLayout):
+    """One row per stored row of the unit's layer files (`schema.TOKENS_COLUMNS`): sample, position in its stored
+    rows, token id, the tokenizer's string for it (`convert_ids_to_tokens`) and its kind's name. `mean` files
+    store one pooled row per sample (token id -1): its row has no token string (null), so that the table always
+    mirrors the stored rows, one for one."""
+    import pandas as pd
+
+    ids = torch.cat(layout.token_ids).tolist() if layout.token_ids else []
+    kinds = torch.cat(layout.token_kinds).tolist() if layout.token_kinds else []
+    known = sorted({i for i in ids if i >= 0})                    # each distinct id converted once
+    strings = dict(zip(known, tokenizer.convert_ids_to_tokens(known)))
+    names = {code: name for name, code in schema.TOKEN_KINDS.items()}
+    table = pd.DataFrame({
+        "sample_id": [s.sample_id for s, n in zip(samples, layout.lengths) for _ in range(n)],
+        "language": language,
+        "position": pd.array([p for n in layout.lengths for p in range(n)], dtype="int64"),
+        "token_id": pd.array(ids, dtype="int64"),
+        "token": pd.array([strings.get(i) for i in ids], dtype="object"),
+        "kind": [names[k] for k in kinds],
+    }, columns=list(schema.TOKENS_COLUMNS))
+    return table
+
+
+def write_tokens_table(path: Path, tokenizer, samples, language: str, layout: UnitLayout) -> int:
+    """`tokens_table` as Parquet, atomically (PUBLISH_RESULTS concatenates the units' tables); returns its rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = tokens_table(tokenizer, samples, language, layout)
+    types = pa.schema([(c, pa.int64() if c in ("position", "token_id") else pa.string()) for c in table.columns])
+    with atomic_path(path) as tmp:   # typed: a `mean` table's tokens are all null, still a string column
+        pq.write_table(pa.Table.from_pandas(table, schema=types, preserve_index=False), tmp)
+    return len(table)
+
+
 class Extractor:
     """Runs a unit with an already loaded model (the model can be reused across units)."""
 
@@ -203,32 +237,33 @@ class Extractor:
         self.images_encoded = 0               # images through the vision tower, counted here for families without a cache
 
     def encode(self, samples, prompt: str, language: str) -> EncodedBatch:
-        family = self.loaded.family
+        family, loaded = self.loaded.family, self.loaded
+        features = None
         if self.image_features is not None:   # cached features: an image is decoded only to feed the vision tower
+            features = self.image_features.for_samples([s.sample_id for s in samples], loaded.device, loaded.dtype)
+        elif family.feature_cache:            # no cache: the same features, one image per vision-tower call, now
+            features = per_image_features(loaded, [load_verified_rgb(s.image, s.image_sha256, s.sample_id)
+                                                   for s in samples])
+        if features is not None:              # the processor builds the rest from a blank image of the same size
             images = [blank_image(family, s.image) for s in samples]
-        else:
+        else:                                 # the tower runs inside the model's forward, once per image
             images = [load_verified_rgb(s.image, s.image_sha256, s.sample_id) for s in samples]
-            if not family.feature_cache:      # the tower runs inside the model's forward, once per image
-                self.images_encoded += len(samples)
+            self.images_encoded += len(samples)
         captions = [s.captions[language] for s in samples]
-        batch = self.builder.encode(images, [prompt] * len(samples), captions, self.loaded.device, self.loaded.dtype)
-        if self.image_features is not None:
+        batch = self.builder.encode(images, [prompt] * len(samples), captions, loaded.device, loaded.dtype)
+        if features is not None:
+            for s, tokens, rows in zip(samples, batch.image_mask.sum(dim=1).tolist(), feature_rows(features)):
+                if tokens != rows:
+                    raise LayerwiseError(f"sample {s.sample_id}: {rows} image-feature rows for {tokens} image tokens "
+                                         f"(its image's size read from {s.image} differs from the decoded one?)")
             del batch.inputs["pixel_values"]
-            batch.inputs["mm_encoder_outputs"] = self.image_features.for_samples(
-                [s.sample_id for s in samples], self.loaded.device, self.loaded.dtype)
+            batch.inputs["mm_encoder_outputs"] = features
         return batch
 
     @torch.inference_mode()
     def forward(self, batch: EncodedBatch, layers: list[int]) -> dict[int, torch.Tensor]:
-        inputs = batch.inputs
-        if "pixel_values" in inputs and self.loaded.family.feature_cache:
-            # No cache: the vision tower still sees one image per call (the model's own pass would run it on
-            # the whole batch, and in bf16 a batch of images gives other bits than each image alone).
-            feats = per_image_features(self.loaded.model, inputs["pixel_values"])
-            inputs = {k: v for k, v in inputs.items() if k != "pixel_values"}
-            inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=feats)}
         with capture_layers(self.loaded.model, layers) as captured:
-            run_until(self.loaded.model, **inputs)
+            run_until(self.loaded.model, **batch.inputs)
         return dict(captured)
 
     def run(self, cfg: UnitConfig, pre: Preflight, on_batch: Callable[[int], None] | None = None) -> UnitSummary:
@@ -252,7 +287,7 @@ class Extractor:
                    file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
         last_commit = done
         family = self.loaded.family
-        vision = VisionCallCounter(self.loaded.model, family.vision_module) if family.feature_cache else None
+        vision = vision_counter(self.loaded) if family.feature_cache else None
         try:
             while done < len(pre.samples):
                 chunk = pre.samples[done:done + cfg.batch_size]
@@ -274,6 +309,9 @@ class Extractor:
             info = w.finish()
             files.append({"file": w.path.name, "layer": layer, "bytes": info["bytes"], "sha256": info["sha256"]})
         nan_counts = {str(layer): int(sum(w.nan_counts)) for layer, w in writers.items()}
+        # every unit of a (language, shard) writes the same table; publishing takes the first layer group's
+        write_tokens_table(out_dir / schema.UNIT_TOKENS_FILE, getattr(self.loaded.processor, "tokenizer",
+                           self.loaded.processor), pre.samples, cfg.language, layout_plan)
         summary = UnitSummary(
             language=cfg.language, layers=pre.layers, rows=cfg.rows,
             samples=len(pre.samples), samples_this_run=len(pre.samples) - resumed_from,
@@ -369,6 +407,7 @@ def run_unit(cfg: UnitConfig, on_batch: Callable[[int], None] | None = None,
             adopt_checkpoint(Path(cfg.adopt_from), out_dir, pre.layers, cfg.language)
         for layer in pre.layers:  # nothing stale may look complete while this unit runs
             (out_dir / schema.layer_filename(layer, cfg.language)).unlink(missing_ok=True)
+        (out_dir / schema.UNIT_TOKENS_FILE).unlink(missing_ok=True)
         (out_dir / SUMMARY_FILE).unlink(missing_ok=True)
         if loaded is None:
             loaded = load_model(cfg.model, cfg.revision, cfg.dtype, cfg.device)

@@ -1,5 +1,6 @@
 """intervention/report.html: self-contained (figures and thumbnails embedded as base64 PNG/JPEG; no script, no
-network), readable at one column width.
+network), readable at one column width; every figure also as intervention/figures/<stem>.svg, .pdf and .csv
+(layerwise.core.html).
 
 Sections: the main table (the published table's columns), targeted change against the random runs' distribution,
 the 2 × 2 grid (feature language × caption language) of change %, a per-term heatmap (an HTML table, so that
@@ -24,13 +25,13 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup
 
-from layerwise.core.html import BASE_CSS, figure_png
+from layerwise.core.html import BASE_CSS, COLUMN_IN, FIGURES_DIR, FigureWriter, panel_figure, report_figure
 from layerwise.intervention import outputs, stats
 from layerwise.lexicon import count_terms, load_lexicon
 
 EXAMPLES_PER_GROUP = 3
 THUMBNAIL = (160, 160)
-WIDTH_IN = 7.6            # figure width (inches, at 90 dpi: about 680 px: one column)
+RANDOM_FIGURE, GRID_FIGURE = "random_runs", "language_grid"     # figures/<stem>.svg, .pdf, .csv
 
 CLASS_COLOURS = {"male": "#cfe0ff", "female": "#ffd7c9", "neutral": "#e4e4e4"}
 
@@ -79,12 +80,12 @@ change among the random runs ((1 + #{|Δrandom| ≥ |Δtargeted|}) / (1 + runs))
 <details><summary>every column of summary.parquet</summary><div class="scroll">{{ full_table }}</div></details>
 
 <h2>Targeted against random</h2>
-{% if figs.random %}<img alt="targeted change against the random runs" src="data:image/png;base64,{{ figs.random }}">
+{% if figs.random %}{{ figs.random.html("targeted change against the random runs") | safe }}
 <p>Grey: the change of each random run (bars: their histogram); red line: the targeted change; dotted: no change.</p>
 {% else %}<p>No random runs.</p>{% endif %}
 
 <h2>Feature language × caption language</h2>
-{% if figs.grid %}<img alt="change by feature and caption language" src="data:image/png;base64,{{ figs.grid }}">
+{% if figs.grid %}{{ figs.grid.html("change by feature and caption language") | safe }}
 <p>Rows: the language whose samples selected the latents; columns: the language of the generation prompt. Each cell:
 the targeted change % and the random runs' mean ± std. Empty cells were not run (<code>--intervention_design</code>).</p>
 {% else %}<p>No result.</p>{% endif %}
@@ -214,47 +215,46 @@ def thumbnail(path: str | os.PathLike | None) -> str | None:
 
 # ------------------------------------------------------------------------------------------------ figures
 
-def _figure(rows: int, cols: int, panel_h: float = 2.3, top: float = 0.35, bottom: float = 0.55,
-            width: float = WIDTH_IN):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    height = panel_h * rows + top + bottom
-    fig = Figure(figsize=(width, height), dpi=90)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    fig.subplots_adjust(left=0.7 / width, right=1 - 0.2 / width, bottom=bottom / height, top=1 - top / height,
-                        hspace=0.75, wspace=0.3)
-    return fig, axes
+def _figure(rows: int, cols: int, panel_h: float = 2.2, top: float = 0.35, bottom: float = 0.5,
+            panel_w: float = COLUMN_IN, left: float = 0.45, wspace: float = 0.3):
+    """rows x cols panels of panel_w x panel_h inches (one paper column wide: two panels at most per row)."""
+    return panel_figure(rows, cols, panel_w=panel_w, panel_h=panel_h, top=top, bottom=bottom, left=left, right=0.15,
+                        hspace=0.75, wspace=wspace)
 
 
-def _png(fig) -> str:
-    return figure_png(fig)
+def _wrap(title: str, width: float) -> str:
+    """A panel title on as many lines as it needs at 8 pt in `width` inches (about 0.067 in per character)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(title, max(20, int(width / 0.067))))
 
 
-def random_figure(summary: pd.DataFrame, changes: pd.DataFrame) -> str | None:
+@report_figure(RANDOM_FIGURE)
+def random_figure(summary: pd.DataFrame, changes: pd.DataFrame):
     """One panel per summary row: the random runs' change % (points and histogram), the targeted change marked."""
     if summary is None or len(summary) == 0 or changes is None or not (changes["condition"] == outputs.RANDOM).any():
         return None
     n = len(summary)
     cols = 1 if n == 1 else 2
     rows = math.ceil(n / cols)
-    fig, axes = _figure(rows, cols)
+    fig, axes = _figure(rows, cols, top=0.5)
     for ax in axes.ravel()[n:]:
         ax.set_visible(False)
+    keys = []
     for ax, r in zip(axes.ravel(), summary.to_dict("records")):
-        ax.set_title(_group_title(r["layers"], r["feature_language"], r["caption_language"]), fontsize=8.5)
+        keys.append((r["layers"], r["feature_language"], r["caption_language"]))
+        ax.set_title(_wrap(_group_title(r["layers"], r["feature_language"], r["caption_language"]), COLUMN_IN - 0.5))
         sel = changes[(changes["layers"] == r["layers"]) & (changes["feature_language"] == r["feature_language"])
                       & (changes["caption_language"] == r["caption_language"])]
         rand = sel[sel["condition"] == outputs.RANDOM]["change_pct"].to_numpy(dtype=float)
         rand = rand[np.isfinite(rand)]
         targeted = r["change_pct"]
         ax.set_yticks([])
-        ax.set_xlabel("change of gendered words (%)", fontsize=8)
-        ax.tick_params(labelsize=7.5)
+        ax.set_xlabel("change of gendered words (%)")
         if not len(rand) and (targeted is None or not np.isfinite(targeted)):
-            ax.text(0.5, 0.5, "undefined (no gendered word in the baseline)", ha="center", va="center",
-                    fontsize=8, transform=ax.transAxes)
+            ax.text(0.5, 0.5, "undefined (no gendered word\nin the baseline)", ha="center", va="center",
+                    transform=ax.transAxes)
+            ax.set_xticks([])
             continue
         values = np.r_[rand, [targeted] if np.isfinite(targeted) else [], [0.0]]
         lo, hi = float(values.min()), float(values.max())
@@ -268,14 +268,17 @@ def random_figure(summary: pd.DataFrame, changes: pd.DataFrame) -> str | None:
         ax.axvline(0, color="k", lw=0.6, ls=":")
         if np.isfinite(targeted):
             ax.axvline(targeted, color="C3", lw=2)
-            ax.text(targeted, 1.08, f" targeted {targeted:+.1f} %", color="C3", fontsize=7.5,
+            ax.text(targeted, 1.08, f" targeted {targeted:+.1f} % ", color="C3", fontsize=7.5,
                     ha="left" if targeted <= (lo + hi) / 2 else "right", va="top")
         ax.set_xlim(lo - pad, hi + pad)
         ax.set_ylim(0, 1.15)
-    return _png(fig)
+    drawn = [key in keys and cond in (outputs.TARGETED, outputs.RANDOM) for key, cond in
+             zip(changes[outputs.GROUP].itertuples(index=False, name=None), changes["condition"])]
+    return fig, changes[drawn].reset_index(drop=True)
 
 
-def grid_figure(summary: pd.DataFrame) -> str | None:
+@report_figure(GRID_FIGURE)
+def grid_figure(summary: pd.DataFrame):
     """Per layers value, a feature language × caption language matrix of the targeted change %."""
     if summary is None or len(summary) == 0:
         return None
@@ -285,8 +288,9 @@ def grid_figure(summary: pd.DataFrame) -> str | None:
     cols = min(n, 2)
     rows = math.ceil(n / cols)
     size = len(languages)
-    panel = min(3.6, 1.3 + 1.1 * size)
-    fig, axes = _figure(rows, cols, panel_h=panel, top=0.4, bottom=0.65, width=min(WIDTH_IN, 1.2 + cols * (panel + 0.9)))
+    panel = min(2.6, 0.8 + 0.9 * size)
+    fig, axes = _figure(rows, cols, panel_h=panel, top=0.35, bottom=0.55, panel_w=min(COLUMN_IN, panel + 0.9),
+                        left=0.85, wspace=0.45)
     finite = summary["change_pct"].to_numpy(dtype=float)
     finite = finite[np.isfinite(finite)]
     vmax = max(1.0, float(np.abs(finite).max())) if len(finite) else 1.0
@@ -310,12 +314,13 @@ def grid_figure(summary: pd.DataFrame) -> str | None:
                     continue
                 dark = np.isfinite(matrix[i, j]) and abs(matrix[i, j]) > 0.6 * vmax
                 ax.text(j, i, labels[(i, j)], ha="center", va="center", fontsize=7.5, color="white" if dark else "k")
-        ax.set_xticks(range(size), languages, fontsize=8)
-        ax.set_yticks(range(size), languages, fontsize=8)
-        ax.set_xlabel("caption language", fontsize=8)
-        ax.set_ylabel("feature language", fontsize=8)
-        ax.set_title(f"layer{'s' if ',' in str(layers) else ''} {layers}", fontsize=9)
-    return _png(fig)
+        ax.set_xticks(range(size), languages)
+        ax.set_yticks(range(size), languages)
+        ax.set_xlabel("caption language")
+        ax.set_ylabel("feature language")
+        ax.set_title(f"layer{'s' if ',' in str(layers) else ''} {layers}")
+    return fig, summary[[*outputs.GROUP, "change_pct", "random_mean", "random_std", "runs", "images"]].reset_index(
+        drop=True)
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -458,6 +463,7 @@ def write_report(summary: pd.DataFrame, captions: pd.DataFrame, terms: pd.DataFr
     counts), `terms`, `latents` (None: no latent section). `images`: sample_id -> image file, for the examples'
     thumbnails (embedded as JPEG; an image that cannot be read is left out)."""
     summary = outputs.frame(summary, outputs.SUMMARY)
+    figures = FigureWriter(Path(out_path).parent / FIGURES_DIR)
     changes = stats.run_changes(captions) if len(captions) else None
     notes = [f"{_group_title(r['layers'], r['feature_language'], r['caption_language'])}: {r['note']}"
              for r in summary.to_dict("records") if not pd.isna(r["note"]) and r["note"]]
@@ -465,7 +471,7 @@ def write_report(summary: pd.DataFrame, captions: pd.DataFrame, terms: pd.DataFr
     text = env.from_string(TEMPLATE).render(base_css=BASE_CSS,
         facts=_facts(summary), notes=notes,
         main_table=Markup(main_table(summary)), full_table=Markup(_html_table(summary)),
-        figs={"random": random_figure(summary, changes), "grid": grid_figure(summary)},
+        figs={"random": random_figure(summary, changes, figures=figures), "grid": grid_figure(summary, figures=figures)},
         term_tables=term_tables(summary, terms), latent_tables=latent_tables(latents),
         examples=_examples(captions, summary, images, examples_per_group) if len(captions) else [],
     )

@@ -270,7 +270,8 @@ def check_captions(df, processor, prompts: dict[str, str], languages: Iterable[s
     ``df`` is ``samplesheet.read_samplesheet``'s frame; ``prompts`` maps language -> prompt;
     ``max_positions`` is the model's ``max_position_embeddings`` (``model_check.check_model``), None
     to skip the length check. Returns ``{language: {"max_positions_used", "row_of_max", "positions",
-    "caption_positions"}}`` (``positions``: each sample's full sequence length, in row order).
+    "caption_positions", "image_tokens"}}`` (``positions``: each sample's full sequence length, in row order;
+    ``image_tokens``: each sample's image tokens, the positions whose input id is the image token).
     """
     checker = _checker(processor, family)
     name = Path(samplesheet or df.attrs.get("samplesheet", "samplesheet")).name
@@ -287,7 +288,7 @@ def check_captions(df, processor, prompts: dict[str, str], languages: Iterable[s
             raise LayerwiseError(f"prompt for language {language!r}: {e}") from None
         captions = [str(c) for c in df[col].tolist()]
         results = checker.measure(prompts[language], captions, images=df[schema.IMAGE].tolist())
-        positions, caption_positions = [], []
+        positions, caption_positions, image_tokens = [], [], []
         for pos, ((lengths, problem), rec) in enumerate(zip(results, df[["row", schema.SAMPLE_ID]].itertuples(index=False))):
             row, sid = int(rec[0]), str(rec[1])
             where = f"{name} row {row + 1}" + (f" (sample {sid})" if sid else "") + f", column '{col}'"
@@ -302,13 +303,15 @@ def check_captions(df, processor, prompts: dict[str, str], languages: Iterable[s
                 problems.append((row, li, f"{where}: {problem}"))
                 positions.append(None)
                 caption_positions.append(None)
+                image_tokens.append(None)
                 continue
             positions.append(lengths["all"])
             caption_positions.append(lengths["caption"])
+            image_tokens.append(lengths["image"])
         valid = [(p, i) for i, p in enumerate(positions) if p is not None]
         top = max(valid) if valid else (None, None)
         stats[language] = {"max_positions_used": top[0], "row_of_max": top[1], "positions": positions,
-                           "caption_positions": caption_positions}
+                           "caption_positions": caption_positions, "image_tokens": image_tokens}
     if problems:
         problems.sort()
         lines = [f"samplesheet {name} has {len(problems)} caption problem{'s' if len(problems) != 1 else ''} "

@@ -9,7 +9,8 @@ file is as wide as its longest sample (``[N, T_max, H]``), a ragged one holds ``
 What lands where (a Nextflow task writes in its own work folder; the outdir gets the published files):
 
 * work dir: the extraction units' layer files (one per unit and layer), the image-feature cache (under the
-  work dir unless ``--image_cache`` puts it elsewhere; Gemma 3 only), the SAE folders (``--sae``) and the
+  work dir unless ``--image_cache`` puts it elsewhere; every family but Llama 3.2 Vision: each sample's
+  image tokens from the caption check), the SAE folders (``--sae``) and the
   analysis' CKA scratch (transient: removed when the task ends, so it counts towards the peak);
 * outdir: a single-shard layer file is a hard link to its work copy (no new byte) when the outdir and
   the work dir share a file system and ``--publish_dir_mode link``; otherwise a copy. Several shards are
@@ -27,7 +28,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,7 +44,10 @@ DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 # Small files next to the big ones (summary.json, metrics, reports): counted as this much per folder
 SMALL_FILES_BYTES = 64 << 10
 NPY_HEADER_BYTES = 128          # numpy .npy header of one CKA Gram (np.lib.format, version 1.0)
-TORCH_SAVE_SLACK = 64 << 10     # torch.save's zip records and alignment around one image-feature cache entry
+# torch.save's container around one image-feature cache entry: the zip records of its 8 entries (local and
+# central headers named after the ~80-character temporary file name), 64-byte alignment padding before each
+# storage, the pickled keys and small values (measured: 2.9-3.1 kB with torch 2.x; the ids are counted apart)
+CACHE_ENTRY_SLACK = 4 << 10
 
 
 @dataclass(frozen=True)
@@ -156,11 +160,17 @@ def payload_bytes(lengths: Sequence[int], layout: str, hidden: int, itemsize: in
     return positions * (hidden * itemsize + 9)
 
 
-def image_cache_entry_bytes(samples: int, image_tokens: int, hidden: int, itemsize: int,
-                            sample_ids: Iterable[str]) -> int:
-    """One shard's image-feature cache entry (`extract.images.encode_images`: {sample_ids, features
-    [N, image_tokens, H]} by torch.save): the features exactly, the container estimated (TORCH_SAVE_SLACK)."""
-    return samples * image_tokens * hidden * itemsize + sum(len(s) + 8 for s in sample_ids) + TORCH_SAVE_SLACK
+def image_cache_entry_bytes(image_tokens: int, hidden: int, itemsize: int, sample_ids: Sequence[str],
+                            model_id: str = "", model_revision: str = "") -> int:
+    """One shard's image-feature cache entry (`extract.images.encode_images`: {sample_ids, features [rows, H],
+    offsets [N + 1] int64, model id and revision, ...} by torch.save), `image_tokens` the sum of its images'
+    image tokens (one row each): the features and offsets exactly, the pickled sample ids (protocol 2, as
+    torch.save pickles them) and the model strings, the container estimated (CACHE_ENTRY_SLACK)."""
+    import pickle
+
+    ids = [str(s) for s in sample_ids]
+    return (int(image_tokens) * hidden * itemsize + 8 * (len(ids) + 1) + len(pickle.dumps(ids, protocol=2))
+            + len(str(model_id).encode()) + len(str(model_revision).encode()) + CACHE_ENTRY_SLACK)
 
 
 def sae_folder_bytes(sae: Mapping, samples: int) -> int:
@@ -309,13 +319,16 @@ def _rows(shard: Mapping) -> tuple[int, int]:
 
 def project(plan: Mapping, sample_ids: Sequence[str], genders: Sequence[str],
             lengths: Mapping[str, Sequence[int]] | None, settings: StorageSettings, *,
-            feature_cache: bool = False, image_tokens: int | None = None,
+            feature_cache: bool = False, image_tokens: int | Sequence[int] | None = None,
             other_lengths: Mapping[str, Mapping[str, Sequence[int]]] | None = None,
             same_filesystem: bool = True) -> StoragePlan:
     """The bytes of the run `plan` describes (plan.json's structure), per item and where they land.
 
     `lengths`: per language, the positions each sample stores under `settings.token_selection`, in samplesheet
     order (None: unknown, e.g. a stub run without the tokenizer: the layer files are then not projected).
+    `image_tokens`: the image tokens of each sample's image, in samplesheet order (the caption check's counts),
+    or one number for every image (a fixed count: Gemma 3's `mm_tokens_per_image`); None: the image-feature
+    cache is not projected.
     `other_lengths`: selection -> language -> lengths, for the what-if figures. `same_filesystem`: the outdir and
     the work dir share one (hard links possible)."""
     settings.check()
@@ -383,10 +396,18 @@ def project(plan: Mapping, sample_ids: Sequence[str], genders: Sequence[str],
         out.notes.append("token counts unknown (a stub run without the tokenizer): layer files not projected")
 
     if feature_cache and settings.image_cache and image_tokens:
-        entries = [image_cache_entry_bytes(b - a, int(image_tokens), hidden, itemsize, sample_ids[a:b])
+        # an entry per shard holds one row per image token of each of its samples' images (features [rows, H]);
+        # it is filled through a scratch file of those rows, beside it until the entry is saved
+        per_image = [int(image_tokens)] * n if isinstance(image_tokens, int) else [int(x) for x in image_tokens]
+        if len(per_image) != n:
+            raise LayerwiseError(f"image token counts of {len(per_image)} samples for {n} samples")
+        entries = [image_cache_entry_bytes(sum(per_image[a:b]), hidden, itemsize, sample_ids[a:b],
+                                           str(model.get("id")), str(model.get("revision")))
                    for a, b in (_rows(s) for s in shards)]
+        fewest, most = min(per_image, default=0), max(per_image, default=0)
+        tokens = str(fewest) if fewest == most else f"{fewest}-{most}"
         out.items.append(Item("image_cache", "image-feature cache", "image_cache", len(entries), sum(entries),
-                              sum(entries), note=f"[{image_tokens}, {hidden}] {dtype} per image"))
+                              sum(entries), note=f"[{tokens}, {hidden}] {dtype} per image"))
         out.items.append(Item("image_buffer", "image-feature scratch (transient)", "image_cache", len(entries),
                               sum(entries), sum(entries), transient=True,
                               note="while an entry is saved"))
@@ -636,6 +657,10 @@ def for_preflight(args, plan: Mapping, df, info: Mapping, stats: Mapping | None,
         lengths = selection_lengths(stats, settings.token_selection, languages, n, processor=processor,
                                     prompts=prompts, df=df, family=family)
         other = {sel: selection_lengths(stats, sel, languages, n) for sel in ("all", "caption")}
+        # the cache holds each sample's image once, whatever the language: its image tokens per sample
+        counts = stats[languages[0]].get("image_tokens") if languages else None
+        if counts is not None and all(c is not None for c in counts):
+            image_tokens = [int(c) for c in counts]
     storage = plan_storage(plan, df[schema.SAMPLE_ID].astype(str).tolist(), df[schema.GENDER].astype(str).tolist(),
                            lengths, settings, outdir=args.outdir_path, work_dir=args.work_dir,
                            feature_cache=bool(family and family.feature_cache), image_tokens=image_tokens,

@@ -46,6 +46,7 @@ from layerwise.core.outdir import (
 )
 from layerwise.core.provenance import foreign_stage_folders, sha256_file
 from layerwise.publish.merge import combine_layers, merge_shards
+from layerwise.publish.validation.tokens import unit_tokens_tables
 
 PUBLISH_MODES = ("link", "copy")
 # Result paths this pipeline owns in an outdir (anything else there is left alone).
@@ -240,11 +241,18 @@ def publish_run(plan: dict, samplesheet: Path, unit_dirs: list[Path], outdir: Pa
             place(src, outdir / rel, "copy")
             published.append({"path": rel, "how": "copied", "sha256": sha256_file(outdir / rel)})
 
-    superseded = supersede_stale(outdir, {p["path"] for p in published} | set(_report_paths()))
+    # the units' token tables, concatenated into metadata/tokens.parquet by validation (None: no unit wrote one)
+    tokens = unit_tokens_tables(plan, [u["dir"] for u in units])
+    if tokens is None:
+        print(f"layerwise: no extraction unit wrote {schema.UNIT_TOKENS_FILE}: {schema.TOKENS_PARQUET} is not written",
+              file=sys.stderr)
+    report_paths = _report_paths(tokens is not None)
+    superseded = supersede_stale(outdir, {p["path"] for p in published} | set(report_paths))
 
     summaries = [u["dir"] / "summary.json" for u in units]
     try:
-        metadata = validate(plan, samplesheet, targets, summaries, outdir, expected_sha256=expected, write_json=False)
+        metadata = validate(plan, samplesheet, targets, summaries, outdir, expected_sha256=expected, write_json=False,
+                            tokens=tokens)
     except LayerwiseError as exc:
         damaged = _damaged_sources(exc, published)
         failed = {"status": "FAILED", "run_name": run_name, "finished_utc": _now(), "error": str(exc),
@@ -255,7 +263,7 @@ def publish_run(plan: dict, samplesheet: Path, unit_dirs: list[Path], outdir: Pa
             raise LayerwiseError(f"{exc}\nThe damaged files' work copies were removed too (hard links share the bytes): "
                                  "run again with -resume to re-extract them.") from None
         raise
-    for rel in _report_paths():
+    for rel in report_paths:
         if (outdir / rel).is_file():
             published.append({"path": rel, "how": "written", "sha256": sha256_file(outdir / rel)})
     superseded += supersede_foreign_stages(outdir, {p["path"]: p["sha256"] for p in published}, rewrites)
@@ -265,10 +273,10 @@ def publish_run(plan: dict, samplesheet: Path, unit_dirs: list[Path], outdir: Pa
     return metadata
 
 
-def _report_paths() -> list[str]:
+def _report_paths(tokens: bool = True) -> list[str]:
     from layerwise.publish.validate import LAYERS_PARQUET, NORMS_PARQUET, REPORT_HTML, SAMPLES_PARQUET
 
-    return [SAMPLES_PARQUET, LAYERS_PARQUET, NORMS_PARQUET, REPORT_HTML]
+    return [SAMPLES_PARQUET, LAYERS_PARQUET, NORMS_PARQUET] + ([schema.TOKENS_PARQUET] if tokens else []) + [REPORT_HTML]
 
 
 def _with_sizes(outdir: Path, published: list[dict]) -> list[dict]:

@@ -32,8 +32,8 @@ __all__ = ["METRIC_COLUMNS", "ActivationProvider", "LayerSource", "SAEOptions", 
            "write_metrics"]
 
 
-def train_layer_sae(layer_files, out_dir, options: SAEOptions | None = None) -> list[dict[str, Any]]:
+def train_layer_sae(layer_files, out_dir, options: SAEOptions | None = None, samplesheet=None) -> list[dict[str, Any]]:
     """See `layerwise.sae.train.train_layer_sae` (imported on first use: it imports SAELens)."""
     from layerwise.sae.train import train_layer_sae as _train
 
-    return _train(layer_files, out_dir, options)
+    return _train(layer_files, out_dir, options, samplesheet)

@@ -1,4 +1,5 @@
-"""sae/report.html: the SAE metrics by layer (explained variance, MSE, L0, dead latents), self-contained."""
+"""sae/report.html: the SAE metrics by layer (explained variance, MSE, L0, dead latents), self-contained; the figure
+also as sae/figures/metrics.svg, .pdf and .csv (layerwise.core.html)."""
 from __future__ import annotations
 
 import html
@@ -7,25 +8,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from layerwise.core.html import BASE_CSS, figure_png
+from layerwise.core.html import BASE_CSS, FIGURES_DIR, FigureWriter, figure_legend, panel_figure, report_figure
 from layerwise.sae.metrics import METRIC_COLUMNS
 
 PANELS = (("explained_variance", "explained variance"), ("mse", "MSE per element"),
           ("mean_l0", "mean L0 (active latents per token)"), ("dead_fraction", "fraction of dead latents"))
+METRICS_FIGURE = "metrics"          # sae/figures/metrics.svg, .pdf, .csv
 
 
-def metrics_plot(records: Sequence[dict[str, Any]]) -> str | None:
-    """Base64 PNG: one panel per metric, a line per (language, split) against the layer."""
+@report_figure(METRICS_FIGURE)
+def metrics_plot(records: Sequence[dict[str, Any]]):
+    """One panel per metric, a line per (language, split) against the layer (and the table behind it)."""
     if not records:
         return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    import pandas as pd
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(11, 6.5), dpi=90)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 2, squeeze=False).ravel()
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.09, top=0.93, hspace=0.4, wspace=0.22)
+    fig, axes = panel_figure(2, 2, panel_h=2.3, top=0.3, bottom=0.45, hspace=0.55, wspace=0.4)
+    axes = axes.ravel()
     series: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in records:
         series.setdefault((r["language"], r["split"]), []).append(r)
@@ -34,12 +34,14 @@ def metrics_plot(records: Sequence[dict[str, Any]]) -> str | None:
             rows = sorted(rows, key=lambda r: r["layer"])
             ax.plot([r["layer"] for r in rows], [r[col] for r in rows], marker="o", ms=3,
                     linestyle="-" if split == "validation" else "--", color=f"C{i // 2}", label=f"{lang} / {split}")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title)
         ax.set_xlabel("layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="small")
-    return figure_png(fig)
+    figure_legend(fig, *axes[0].get_legend_handles_labels())
+    columns = ["layer", "language", "split", "sae_dir"] + [c for c, _ in PANELS]
+    table = pd.DataFrame([{c: r.get(c) for c in columns} for r in records], columns=columns)
+    return fig, table.sort_values(["layer", "language", "split"], kind="stable").reset_index(drop=True)
 
 
 def _table(records: Sequence[dict[str, Any]]) -> str:
@@ -71,7 +73,7 @@ def _notes(records: Sequence[dict[str, Any]]) -> str:
 
 def write_report(records: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
     path = Path(path)
-    fig = metrics_plot(records)
+    fig = metrics_plot(records, figures=FigureWriter(path.parent / FIGURES_DIR))
     arch = sorted({f"{r['architecture']} d_sae={r['d_sae']}" + (f" k={r['k']}" if r["k"] else "") for r in records})
     text = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>layerwise SAE report</title>
@@ -85,7 +87,7 @@ def write_report(records: Sequence[dict[str, Any]], path: str | os.PathLike) -> 
 <p>{len({(r['layer'], r['language']) for r in records})} SAE(s): {html.escape('; '.join(arch))}. Validation rows come from
 samples never used in training (split by sample: split.json in each folder). Explained variance is
 1 - SSE / total variance of the split (reconstructing every row by the mean scores 0).</p>
-{f'<img alt="SAE metrics by layer" src="data:image/png;base64,{fig}">' if fig else '<p>No SAE metrics.</p>'}
+{fig.html("SAE metrics by layer") if fig else '<p>No SAE metrics.</p>'}
 {_notes(records)}
 <h2>Metrics (sae/metrics.parquet)</h2>
 {_table(records)}

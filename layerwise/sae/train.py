@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from layerwise.core import schema
 from layerwise.core.errors import LayerwiseError
 from layerwise.sae.evaluate import evaluate_split
 from layerwise.sae.options import MIN_STEPS, POOLED, SAEOptions
@@ -27,9 +28,14 @@ from layerwise.sae.outputs import (
     METRICS_FILE,
     SPLIT_FILE,
     TRAINING_FILE,
+    find_samplesheet,
+    hook_name,
+    layer_outdir,
+    model_facts,
     partial_folder,
     publish,
     sae_folder_name,
+    saelens_metadata,
     write_json,
 )
 from layerwise.sae.provider import ActivationProvider
@@ -46,9 +52,18 @@ def import_sae_lens():
     return sae_lens
 
 
-def hook_name(layer: int) -> str:
-    """SAELens / TransformerLens name of what layerwise stores for layer L (raw output of decoder layer L)."""
-    return f"blocks.{layer}.hook_resid_post"
+def context_size(sources) -> int:
+    """The longest stored sequence of the layer files (most rows of one sample): metadata.context_size."""
+    return max((int(s.lengths.max()) for s in sources if s.num_samples), default=1)
+
+
+def prepends_bos(sources) -> bool:
+    """metadata.prepend_bos: whether the sequences begin with a BOS token, read from the stored token kinds when
+    the token selection stores the BOS position (`all`, `text`); else True (SAELens's default: it cannot be told)."""
+    kinds = [s.token_kinds for s in sources]
+    if any(k is None for k in kinds) or any(s.token_selection not in ("all", "text") for s in sources):
+        return True
+    return any(bool((k == schema.TOKEN_KINDS["bos"]).any()) for k in kinds)
 
 
 def build_training_sae(options: SAEOptions, d_in: int, d_sae: int, device: str, metadata: dict[str, Any],
@@ -130,9 +145,13 @@ def _nonfinite_message(layer: int, options: SAEOptions, sources, what: str) -> s
 
 
 def train_layer_sae(layer_files: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-                    options: SAEOptions | None = None) -> list[dict[str, Any]]:
-    """Train, save and evaluate the SAE of one layer; returns its metric records (train, validation)."""
+                    options: SAEOptions | None = None, samplesheet: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """Train, save and evaluate the SAE of one layer; returns its metric records (train, validation).
+
+    `samplesheet`: the samplesheet the layer files were extracted from (cfg.json metadata.dataset_path and its
+    sha256); by default the outdir's `pipeline_info/samplesheet.valid.csv` when the files are published ones."""
     options = options or SAEOptions()
+    samplesheet = find_samplesheet(layer_files, samplesheet)
     sources = select_sources(open_sources(list(layer_files)), options.language)
     if options.filters_kinds():
         for s in sources:
@@ -182,10 +201,10 @@ def train_layer_sae(layer_files: Sequence[str | os.PathLike], out_dir: str | os.
     from sae_lens.training.prefetch import PrefetchingIterator
 
     torch.manual_seed(options.seed)
-    metadata = {"model_name": sources[0].model_id, "hook_name": hook_name(layer), "hook_head_index": None,
-                "prepend_bos": True, "layerwise_layer": layer, "layerwise_language": options.language,
-                "layerwise_languages": languages, "layerwise_token_kinds": list(options.kept_kind_names()),
-                "layerwise_token_selection": sources[0].token_selection}
+    model = model_facts(sources[0].model_id, layer_outdir(layer_files))
+    metadata = saelens_metadata(layer=layer, model=model, context_size=context_size(sources),
+                                prepend_bos=prepends_bos(sources), samplesheet=samplesheet, options=options,
+                                languages=languages, token_selection=sources[0].token_selection)
     sae = build_training_sae(options, d_in, d_sae, device, metadata, steps)
     dead_window = max(1, min(1000, steps // 10))
     trainer_cfg = SAETrainerConfig(
@@ -261,7 +280,9 @@ def train_layer_sae(layer_files: Sequence[str | os.PathLike], out_dir: str | os.
             "notes": notes, "activation_scaling_factor": scaling,
             "dead_feature_window_steps": dead_window, "train_seconds": round(train_s, 3),
             "train_tokens_per_second": trainer.n_training_samples / train_s if train_s > 0 else None,
-            "hook_name": hook_name(layer), "model_id": sources[0].model_id,
+            "hook_name": hook_name(layer), "hf_hook_name": metadata["hf_hook_name"], "model_id": sources[0].model_id,
+            "model": model.to_dict(), "context_size": metadata["context_size"],
+            "samplesheet": {"path": metadata["dataset_path"], "sha256": metadata["layerwise_dataset_sha256"]},
             "versions": {"sae_lens": sl.__version__, "torch": torch.__version__, "python": platform.python_version()}})
     except BaseException:
         shutil.rmtree(part, ignore_errors=True)     # no half-written folder left beside the published ones

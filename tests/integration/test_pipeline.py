@@ -199,6 +199,13 @@ def test_parquet_metadata(finished_run, samplesheet):
         assert list(part["caption"]) == [r[f"caption_{language}"] for r in table]
         d = load(out / "layer_checkpoints" / schema.layer_filename(0, language))
         assert [int(x) for x in part["positions_kept"]] == d["lengths"].tolist()
+        # portable: each image relative to the recorded root; the token strings of every stored position
+        root = Path(json.loads((out / "extraction_metadata.json").read_text())["image_root"])
+        assert [str(root / rel) for rel in part["image_relative"]] == list(part["image"])
+        tokens = pd.read_parquet(out / "metadata/tokens.parquet").query("language == @language")
+        assert len(tokens) == int(d["lengths"].sum())
+        first = tokens[tokens.sample_id == d["sample_ids"][0]].sort_values("position")
+        assert first.token_id.tolist() == d["token_ids"][0, :int(d["lengths"][0])].tolist()
 
     layers = pd.read_parquet(out / "metadata/layers.parquet")
     assert len(layers) == NUM_LAYERS * len(LANGUAGES)

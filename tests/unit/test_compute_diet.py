@@ -78,7 +78,9 @@ def test_the_vision_tower_runs_once_per_image_across_the_units_of_a_shard(runs):
     assert [str(p) for p in entries] == [first["image_features"]["cache_file"]]
     data = torch.load(entries[0], weights_only=True, mmap=True)
     assert data["sample_ids"] == [f"s{i:03d}" for i in range(N)]
-    assert data["features"].shape[0] == N and data["features"].abs().sum() > 0
+    # one row per image token of each image (offsets [N+1] give each image's rows)
+    assert len(data["offsets"]) == N + 1 and data["features"].shape[0] == int(data["offsets"][-1])
+    assert data["features"].abs().sum() > 0
 
 
 @pytest.mark.parametrize("name,language,layers", [("english", "english", range(6)), ("arabic", "arabic", range(6)),

@@ -55,8 +55,9 @@ def test_publish_links_whole_folders_supersedes_stale_ones_and_lists_this_run(tm
     second = [fake_sae(tmp_path / "w2", f"layer_{i}", i, 0.9) for i in (0, 1)]
     res = publish_saes(second, out, "copy", report=True)
     assert res["superseded"] == ["sae/layer_2"]
-    assert sorted(p.name for p in (out / "sae").iterdir()) == ["inputs.json", "layer_0", "layer_1", "metrics.parquet",
-                                                                "report.html"]
+    assert sorted(p.name for p in (out / "sae").iterdir()) == ["figures", "inputs.json", "layer_0", "layer_1",
+                                                                "metrics.parquet", "report.html"]
+    assert sorted(p.name for p in (out / "sae" / "figures").iterdir()) == ["metrics.csv", "metrics.pdf", "metrics.svg"]
     assert list((out / "superseded").glob("*/sae/layer_2/cfg.json"))          # moved, not lost
     m = pd.read_parquet(out / "sae" / "metrics.parquet")
     assert sorted(m.layer) == [0, 1] and set(m.explained_variance) == {0.9}

@@ -150,6 +150,79 @@ def test_seed_job_items(tmp_path):
     assert ragged == sp.alternatives["this_run"]          # every sample equally long: no padding to save
 
 
+CACHE_SIZES = ((64, 64), (96, 48), (48, 80), (80, 80), (64, 32))   # per-image families: several token counts
+
+
+@pytest.fixture(scope="module")
+def sized_sheet(tmp_path_factory, fixture_dir) -> Path:
+    """Five samples of the fixture data with images of several sizes (Qwen, LLaVA-NeXT and Idefics3/SmolVLM give
+    each its own number of image tokens)."""
+    import csv
+
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("storage-cache-data")
+    with open(fixture_dir / "data" / "samples.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))[:len(CACHE_SIZES)]
+    for r, size in zip(rows, CACHE_SIZES):
+        with Image.open(fixture_dir / "data" / r["image"]) as img:
+            img.convert("RGB").resize(size).save(folder / f"{r['sample_id']}.png")
+        r["image"] = f"{r['sample_id']}.png"
+    with open(folder / "samples.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return folder / "samples.csv"
+
+
+@pytest.mark.parametrize("model_type", ["gemma3", "qwen2_vl", "qwen2_5_vl", "llava", "llava_next", "idefics3",
+                                        "smolvlm", "paligemma"])
+def test_image_cache_projection_is_the_size_of_the_entries_extraction_writes(capsys, tmp_path, fixture_dir,
+                                                                             sized_sheet, model_type):
+    """PREFLIGHT's image-feature cache (2 shards: 3 + 2 samples) against the entries the extraction units write.
+
+    Counted exactly: the features (each sample's image tokens from the caption check x H x dtype), the offsets
+    and the pickled sample ids; estimated: torch.save's container (zip records named after the temporary file,
+    64-byte alignment, pickled keys), as the constant CACHE_ENTRY_SLACK (4 KiB; torch.save uses 2.9-3.1 kB).
+    So each entry is projected at or above its size and at most 2 kB above it (the slack less the smallest
+    container). That band is wider than one image-token row of these tiny models, so the counted part is also
+    checked to the byte: the projection is what the entries' own row counts and sample ids give."""
+    from layerwise.extract.unit import UnitConfig, run_unit
+    from layerwise.models.loading import load_model
+
+    model_dir = fixture_dir / "families" / model_type
+    cache = tmp_path / "cache"
+    args = ["--samplesheet", sized_sheet, "--model", model_dir, "--layers", "0", "--languages", "english",
+            "--samples-per-task", "3", "--out-dir", tmp_path / "pf", "--dtype", "float32", "--device", "cpu",
+            "--image-cache", cache]
+    code, _, stderr = run_in_process("preflight", args, capsys)
+    assert code == 0, stderr
+    plan = json.loads((tmp_path / "pf" / storage.STORAGE_PLAN_FILE).read_text())
+    units = json.loads((tmp_path / "pf" / "plan.json").read_text())["units"]
+    assert len(units) == 2 and plan["settings"]["shards"] == 2
+    loaded = load_model(str(model_dir), dtype="float32", device="cpu")
+    model = json.loads((tmp_path / "pf" / "plan.json").read_text())["model"]
+    feature_bytes = from_entries = 0
+    for u in units:
+        summary = run_unit(UnitConfig(samplesheet=str(tmp_path / "pf" / "units" / u["sheet"]), model=str(model_dir),
+                                      language=u["language"], layers=u["layers_str"], out_dir=str(tmp_path / u["id"]),
+                                      dtype="float32", device="cpu", batch_size=2, image_cache=str(cache),
+                                      model_fingerprint="test"), loaded=loaded)
+        assert summary["image_features"]["cache_hit"] is False
+        entry = torch.load(summary["image_features"]["cache_file"], map_location="cpu", weights_only=True, mmap=True)
+        feature_bytes += entry["features"].numel() * entry["features"].element_size()
+        from_entries += storage.image_cache_entry_bytes(entry["features"].shape[0], loaded.hidden_size, 4,
+                                                        entry["sample_ids"], model["id"], model["revision"])
+    entries = sorted(cache.glob("*.pt"))
+    real = sum(os.path.getsize(e) for e in entries)
+    projected, scratch = item(plan, "image_cache"), item(plan, "image_buffer")
+    assert projected["files"] == len(entries) == 2 and scratch["bytes"] == projected["bytes"]
+    print(f"{model_type}: image cache projected {projected['bytes']} B, written {real} B "
+          f"(features {feature_bytes} B)")
+    assert 0 <= projected["bytes"] - real <= 2 * 2048, (model_type, projected["bytes"], real)
+    assert projected["bytes"] == from_entries, model_type
+
+
 # ------------------------------------------------------------------ the disk check of layerwise-preflight
 def test_too_little_space_is_refused_naming_both_numbers_and_what_shrinks_the_run(
         capsys, tmp_path, samplesheet, tiny_model_dir, disk):

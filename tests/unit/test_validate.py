@@ -109,7 +109,7 @@ def test_complete_run_passes_and_writes_metadata(tmp_path, layout, dtype):
 
     # samples.parquet: one row per (sample, language)
     samples = pd.read_parquet(r.out / "metadata" / "samples.parquet")
-    assert list(samples.columns) == ["sample_id", "language", "gender", "image", "caption",
+    assert list(samples.columns) == ["sample_id", "language", "gender", "image", "image_relative", "caption",
                                      "positions_kept", "shard", "row"]
     assert len(samples) == N * len(LANGUAGES)
     sheet = pd.read_csv(r.samplesheet, dtype=str, keep_default_na=False)
@@ -118,6 +118,7 @@ def test_complete_run_passes_and_writes_metadata(tmp_path, layout, dtype):
         assert sub["sample_id"].tolist() == r.ids
         assert sub["gender"].tolist() == F.genders_for(r.ids)
         assert sub["image"].tolist() == sheet["image"].tolist()
+        assert [f"{on_disk['image_root']}/{rel}" for rel in sub["image_relative"]] == sheet["image"].tolist()
         assert sub["caption"].tolist() == sheet[f"caption_{lang}"].tolist()
         known = [s.rows.shape[0] for s in r.written[(LAYERS[0], lang)][1]]
         assert sub["positions_kept"].tolist() == known

@@ -5,6 +5,7 @@
 - `problems`   the checks and the problems they found
 - `summaries`  the units' summary.json files, totalled by the keys `contract` declares
 - `tables`     the validated samplesheet and the Parquet tables
+- `tokens`     metadata/tokens.parquet: the extraction units' token tables, checked and concatenated
 - `metadata`   extraction_metadata.json
 - `run`        `validate()`, which runs all of them (the report: `layerwise.publish.report`)
 """

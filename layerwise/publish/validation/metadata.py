@@ -13,6 +13,8 @@ from layerwise.publish.validation.summaries import extraction_totals, image_feat
 
 OUTPUTS = (schema.METADATA_JSON, schema.SAMPLES_PARQUET, schema.LAYERS_PARQUET, schema.NORMS_PARQUET,
            schema.REPORT_HTML)
+# written when the extraction units wrote their token tables (validation.tokens)
+OPTIONAL_OUTPUTS = (schema.TOKENS_PARQUET,)
 FILE_KEYS = ("file", "layer", "language", "bytes", "sha256", "shape", "samples", "positions", "nan_count",
              "nonfinite_stored")
 RUN_SETTINGS = ("token_selection", "layout", "dtype", "nan_policy")
@@ -21,8 +23,12 @@ RUN_SETTINGS = ("token_selection", "layout", "dtype", "nan_policy")
 def build_metadata(*, model: dict[str, Any], layers: list[int], languages: list[str], sheet, hidden_size: int,
                    settings: dict[str, Any], entries: Sequence[dict[str, Any]], expected_files: int,
                    problems: Problems, extraction: Sequence[dict[str, Any]],
-                   encodings: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The metadata dict; `settings` are the layer-file settings of the first file checked ({} if none)."""
+                   encodings: Sequence[dict[str, Any]], image_root: str | None = None,
+                   tokens: bool = False) -> dict[str, Any]:
+    """The metadata dict; `settings` are the layer-file settings of the first file checked ({} if none).
+
+    `image_root`: the folder `metadata/samples.parquet`'s `image_relative` paths are relative to; `tokens`:
+    whether `metadata/tokens.parquet` is written."""
     extraction, encodings = list(extraction), list(encodings)
     return {
         "status": "passed" if not problems else "FAILED",
@@ -39,6 +45,7 @@ def build_metadata(*, model: dict[str, Any], layers: list[int], languages: list[
         "layers": layers,
         "languages": languages,
         "samples": len(sheet),
+        "image_root": image_root,
         **{k: settings.get(k) for k in RUN_SETTINGS},
         "files": [{k: e[k] for k in FILE_KEYS} for e in entries],
         "totals": {
@@ -54,5 +61,5 @@ def build_metadata(*, model: dict[str, Any], layers: list[int], languages: list[
         "image_encoding": {"totals": image_features_totals(encodings), "units": encodings},
         "vision_tower": {"images_encoded": sum(int(u.get("vision_tower_images") or 0) for u in extraction),
                          "distinct_images": int(sheet[schema.IMAGE].nunique()) if schema.IMAGE in sheet else None},
-        "outputs": list(OUTPUTS),
+        "outputs": list(OUTPUTS) + (list(OPTIONAL_OUTPUTS) if tokens else []),
     }

@@ -17,6 +17,7 @@ CHECKS: tuple[tuple[str, str], ...] = (
     ("settings", "model, revision, num_layers, token selection, layout, dtype, NaN policy agree"),
     ("finite", "no NaN/Inf stored in the activations (unless nan_policy is 'keep')"),
     ("summaries", "extraction summaries are readable JSON objects"),
+    ("tokens", "the extraction units' token tables hold every stored row, with the layer files' token ids and kinds"),
 )
 
 

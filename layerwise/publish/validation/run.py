@@ -12,7 +12,8 @@ from layerwise.publish.validation.checks import Context, check_checksums, check_
 from layerwise.publish.validation.metadata import build_metadata
 from layerwise.publish.validation.problems import Problems
 from layerwise.publish.validation.summaries import read_summaries, split_summaries
-from layerwise.publish.validation.tables import layers_table, norms_table, samples_table, write_parquet
+from layerwise.publish.validation.tables import image_root, layers_table, norms_table, samples_table, write_parquet
+from layerwise.publish.validation.tokens import tokens_table, write_tokens_parquet
 
 
 def validate(
@@ -23,8 +24,12 @@ def validate(
     out_dir: Path,
     expected_sha256: dict[str, str] | None = None,
     write_json: bool = True,
+    tokens: dict[tuple[str, int], Path | None] | None = None,
 ) -> dict[str, Any]:
     """Check a run's layer files; write metadata, Parquet tables and the report (see `layerwise.publish.validate`).
+
+    `tokens`: the extraction units' token tables by (language, shard) (`validation.tokens.unit_tokens_tables`),
+    checked against the layer files and concatenated into `metadata/tokens.parquet`; None: no token table.
 
     Returns the metadata written to extraction_metadata.json. Raises LayerwiseError listing every
     problem found (after writing validation_report.html with status FAILED).
@@ -55,12 +60,14 @@ def validate(
     check_checksums(entries, expected_sha256, problems)
     units = read_summaries(summaries, problems, [u.get("id") for u in plan.get("units", [])])
     extraction, encodings = split_summaries(units)
+    tokens_df = tokens_table(tokens, languages, ctx, problems) if tokens is not None else None
 
     layers_df, norms_df = layers_table(entries), norms_table(entries)
     metadata = build_metadata(
         model=model, layers=layers, languages=languages, sheet=sheet, hidden_size=plan_hidden,
         settings=ctx.settings_ref[1] if ctx.settings_ref else {}, entries=entries, expected_files=len(expected),
-        problems=problems, extraction=extraction, encodings=encodings)
+        problems=problems, extraction=extraction, encodings=encodings, image_root=image_root(sheet),
+        tokens=tokens_df is not None)
 
     report_path = out_dir / schema.REPORT_HTML
     write_report(metadata, layers_df, norms_df, report_path)
@@ -74,6 +81,8 @@ def validate(
     write_parquet(samples_table(sheet, plan, languages, lengths), out_dir / schema.SAMPLES_PARQUET)
     write_parquet(layers_df, out_dir / schema.LAYERS_PARQUET)
     write_parquet(norms_df, out_dir / schema.NORMS_PARQUET)
+    if tokens_df is not None:
+        write_tokens_parquet(tokens_df, out_dir / schema.TOKENS_PARQUET)
     if write_json:
         atomic_write_json(out_dir / schema.METADATA_JSON, metadata)
     return metadata

@@ -1,6 +1,6 @@
 // One work unit on one GPU: a group of layers x one language x one shard of samples.
 // Writes <unit id>/layer_{L}_{language}.pt for every layer of the group (shard rows only, each byte
-// written once into its final file) and <unit id>/summary.json (sizes and sha256 of the files).
+// written once into its final file) and <unit id>/summary.json (sizes and sha256 of the files) and <unit id>/tokens.parquet (token strings).
 // Contract: docs/architecture.md (layerwise-extract).
 process EXTRACT_ACTIVATIONS {
     tag "${meta.id}"

@@ -72,7 +72,7 @@ def initialise() {
         // the summaries this run writes again move aside now (until rewritten, their absence says "not complete");
         // copies identical to what the run published again (a cached stage) are dropped at the end
         def sae = LayerwiseOutdir.name('sae_dir')
-        def rewritten = (params.sae ? ["${sae}/metrics.parquet", "${sae}/report.html", saeRecord()] : []) +
+        def rewritten = (params.sae ? ["${sae}/metrics.parquet", "${sae}/report.html", "${sae}/figures", saeRecord()] : []) +
                         (params.analysis ? [LayerwiseOutdir.name('analysis_dir')] : []) +
                         (params.intervene ? [LayerwiseOutdir.name('intervention_dir')] : [])
         rewritten = rewritten.collect { it.toString() }
