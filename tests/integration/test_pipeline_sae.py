@@ -31,7 +31,9 @@ def test_adding_sae_to_a_finished_extraction_trains_without_re_extracting(finish
     # the tag counts the layer files it reads (never a single file's size)
     assert [r["tag"] for r in rows_of(rows, "ANALYZE_LAYERS")] == [f"{len(LAYERS) * len(LANGUAGES)} layer file(s)"]
     out = finished_run.trained.outdir
-    assert sorted(p.name for p in (out / "sae").iterdir() if p.is_dir()) == sorted(f"layer_{i}" for i in LAYERS)
+    folders = sorted(p.name for p in (out / "sae").iterdir() if p.is_dir())
+    assert folders == sorted([f"layer_{i}" for i in LAYERS] + ["figures"])     # one SAE per layer; the report's figures
+    assert sorted(p.suffix for p in (out / "sae" / "figures").iterdir()) == [".csv", ".pdf", ".svg"]
 
 
 def test_metrics_table_has_a_train_and_a_validation_row_per_layer(finished_run):

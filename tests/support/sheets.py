@@ -14,3 +14,26 @@ def verified_sheet(user_sheet: str | Path, out_dir: str | Path, languages=("engl
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     return write_valid_samplesheet(read_samplesheet(user_sheet, list(languages)), out / "samplesheet.valid.csv")
+
+
+def resized_sheet(fixture_dir: str | Path, folder: str | Path, sizes) -> Path:
+    """The first len(sizes) samples of the fixture data, each image resized to its size (families whose number of
+    image tokens depends on the image get one count per sample), as a user's samplesheet in `folder`."""
+    import csv
+
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(Path(fixture_dir) / "data" / "samples.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))[:len(sizes)]
+    for r, size in zip(rows, sizes):
+        with Image.open(Path(fixture_dir) / "data" / r["image"]) as img:
+            img.convert("RGB").resize(size).save(folder / f"{r['sample_id']}.png")
+        r["image"] = f"{r['sample_id']}.png"
+    path = folder / "samples.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path

@@ -9,7 +9,6 @@ sizes, so that families whose image token count depends on the image are planned
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from layerwise.layerfile.store import load_layer_file
 from layerwise.models.families import CROSS_ATTENTION, FAMILIES, PREFIX_SUFFIX
 from layerwise.models.loading import load_model
 from layerwise.preflight.samplesheet import read_samplesheet, write_valid_samplesheet
+from tests.support.sheets import resized_sheet
 
 SIZES = ((64, 64), (96, 48), (40, 80))
 KIND = schema.TOKEN_KINDS
@@ -38,17 +38,7 @@ def family_dir(fixture_dir: Path, model_type: str) -> Path:
 def sheet(tmp_path_factory, fixture_dir) -> Path:
     """Three samples of the fixture data with images of three sizes, as PREFLIGHT writes the sheet."""
     folder = tmp_path_factory.mktemp("family-data")
-    with open(fixture_dir / "data" / "samples.csv", newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))[:len(SIZES)]
-    for r, size in zip(rows, SIZES):
-        with Image.open(fixture_dir / "data" / r["image"]) as img:
-            img.convert("RGB").resize(size).save(folder / f"{r['sample_id']}.png")
-        r["image"] = f"{r['sample_id']}.png"
-    user = folder / "samples.csv"
-    with open(user, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    user = resized_sheet(fixture_dir, folder, SIZES)
     return write_valid_samplesheet(read_samplesheet(user, ["english"]), folder / "samplesheet.valid.csv")
 
 

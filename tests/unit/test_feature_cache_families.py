@@ -9,7 +9,6 @@ cached units, never inside a unit's forward; the entry holds, per image, exactly
 """
 from __future__ import annotations
 
-import csv
 import inspect
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from layerwise.layerfile.store import load_layer_file, sample_rows
 from layerwise.models.families import FAMILIES
 from layerwise.models.inputs import InputBuilder
 from layerwise.models.loading import load_model
-from tests.support.sheets import verified_sheet
+from tests.support.sheets import resized_sheet, verified_sheet
 
 SIZES = ((64, 64), (96, 48))   # two sizes, two token counts in each per-image family; one batch of 2
 LANGUAGES = ("english", "arabic")
@@ -38,16 +37,7 @@ CACHED = sorted(m for m, f in FAMILIES.items() if f.feature_cache)
 def sheet(tmp_path_factory, fixture_dir) -> Path:
     """Two samples of the fixture data, images of two sizes, both languages, verified as PREFLIGHT does."""
     folder = tmp_path_factory.mktemp("cache-family-data")
-    with open(fixture_dir / "data" / "samples.csv", newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))[:len(SIZES)]
-    for r, size in zip(rows, SIZES):
-        with Image.open(fixture_dir / "data" / r["image"]) as img:
-            img.convert("RGB").resize(size).save(folder / f"{r['sample_id']}.png")
-        r["image"] = f"{r['sample_id']}.png"
-    with open(folder / "samples.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    resized_sheet(fixture_dir, folder, SIZES)
     return verified_sheet(folder / "samples.csv", folder / "verified", LANGUAGES)
 
 

@@ -157,22 +157,9 @@ CACHE_SIZES = ((64, 64), (96, 48), (48, 80), (80, 80), (64, 32))   # per-image f
 def sized_sheet(tmp_path_factory, fixture_dir) -> Path:
     """Five samples of the fixture data with images of several sizes (Qwen, LLaVA-NeXT and Idefics3/SmolVLM give
     each its own number of image tokens)."""
-    import csv
+    from tests.support.sheets import resized_sheet
 
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("storage-cache-data")
-    with open(fixture_dir / "data" / "samples.csv", newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))[:len(CACHE_SIZES)]
-    for r, size in zip(rows, CACHE_SIZES):
-        with Image.open(fixture_dir / "data" / r["image"]) as img:
-            img.convert("RGB").resize(size).save(folder / f"{r['sample_id']}.png")
-        r["image"] = f"{r['sample_id']}.png"
-    with open(folder / "samples.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return folder / "samples.csv"
+    return resized_sheet(fixture_dir, tmp_path_factory.mktemp("storage-cache-data"), CACHE_SIZES)
 
 
 @pytest.mark.parametrize("model_type", ["gemma3", "qwen2_vl", "qwen2_5_vl", "llava", "llava_next", "idefics3",
