@@ -11,6 +11,8 @@ from pathlib import Path
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="layerwise-preflight", description=__doc__.splitlines()[0])
     p.add_argument("--samplesheet", required=True, help="CSV with sample_id,image,gender,caption_<language>...")
+    p.add_argument("--samplesheet-origin", default=None,
+                   help="the user's path of the samplesheet (--input), named in messages instead of the task's staged copy")
     p.add_argument("--model", required=True, help="hub id (e.g. google/gemma-3-4b-it) or local model folder")
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     p.add_argument("--layers", required=True, help="'all', '0-33', '0 10 14 18', '0,10,14-18'")
@@ -134,6 +136,17 @@ def check_analysis_options(path: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from layerwise.core.errors import LayerwiseError
+
+    try:
+        return _preflight(args)
+    except LayerwiseError as exc:   # name the user's file, not the task's staged copy of it
+        if not args.samplesheet_origin or args.samplesheet_origin == args.samplesheet:
+            raise
+        raise LayerwiseError(str(exc).replace(args.samplesheet, args.samplesheet_origin)) from None
+
+
+def _preflight(args) -> int:
     if args.hf_home:
         os.environ["HF_HOME"] = str(Path(args.hf_home).expanduser().absolute())
     from layerwise.core.errors import LayerwiseError

@@ -3,6 +3,8 @@
 Files are grouped by their `layer` key; each layer's files (one per language) train one SAE,
 all languages pooled (--language pooled, the default) or one language's file only. Every option
 of layerwise.sae.options.SAEOptions is a flag (--name-with-dashes); defaults and checks live there.
+Each SAE folder also gets its per-latent dashboard (dashboard.html, dashboard.parquet; --dashboard-latents 0: none),
+with token strings from --tokens and images from --samples.
 """
 import argparse
 import json
@@ -22,6 +24,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the samplesheet the layer files were extracted from, recorded with its sha256 in each cfg.json "
                         "(metadata.dataset_path); default: <outdir>/pipeline_info/samplesheet.valid.csv when the layer "
                         "files are an outdir's layer_checkpoints/ (links followed), else none")
+    p.add_argument("--tokens", type=Path,
+                   help="the token table of the layer files (<outdir>/metadata/tokens.parquet): token strings for the "
+                        "per-latent dashboard; default: the outdir's when the layer files are an outdir's "
+                        "layer_checkpoints/ (links followed), else none (token ids are shown)")
+    p.add_argument("--samples", type=Path,
+                   help="the samples table (<outdir>/metadata/samples.parquet): image thumbnails for the per-latent "
+                        "dashboard; default: the outdir's as for --tokens, else none (no images)")
     p.add_argument("--options-json", type=Path, help="JSON object of SAE options (flags override it)")
     p.add_argument("--stub-layer", type=int, default=None, metavar="L",
                    help="for -stub-run: write the (empty) SAE folder of layer L as a real run names it, train nothing")
@@ -70,6 +79,9 @@ def main(argv=None) -> int:
         return 0
     if not args.layer_files:
         raise LayerwiseError("no layer files given (LAYER_FILE.pt...)")
+    for flag, path in (("--tokens", args.tokens), ("--samples", args.samples)):
+        if path is not None and not path.is_file():
+            raise LayerwiseError(f"{flag} {path}: no such file")
     from layerwise.sae.metrics import write_metrics
     from layerwise.sae.outputs import METRICS_TABLE
     from layerwise.sae.source import group_by_layer
@@ -77,7 +89,8 @@ def main(argv=None) -> int:
 
     records = []
     for layer, paths in group_by_layer(args.layer_files).items():
-        recs = train_layer_sae(paths, args.out_dir, options, samplesheet=args.samplesheet)
+        recs = train_layer_sae(paths, args.out_dir, options, samplesheet=args.samplesheet, tokens=args.tokens,
+                               samples=args.samples)
         records += recs
         val = next(r for r in recs if r["split"] == "validation")
         left_out = sum(n for r in recs for n in r["excluded_samples"].values())

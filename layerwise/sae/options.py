@@ -104,6 +104,12 @@ class SAEOptions:
     norm_estimate_batches: int = _opt(50, "batches used to estimate the activation scale "
                                       "(normalize_activations=expected_average_only_in) and mean (init_b_dec=mean)",
                                       minimum=1)
+    # --- per-latent dashboards (layerwise.sae.dashboard), written beside the SAE after training
+    dashboard_latents: int = _opt(8, "per-latent dashboard (dashboard.html, dashboard.parquet in the SAE folder): "
+                                  "this many latents most associated with gender, plus this many of the most "
+                                  "frequent; 0: no dashboard", minimum=0)
+    dashboard_examples: int = _opt(6, "per-latent dashboard: the (sample, language) pairs shown per latent, those "
+                                   "with its largest activation", minimum=1)
 
     def __post_init__(self) -> None:
         for f in fields(self):

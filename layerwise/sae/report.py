@@ -1,5 +1,5 @@
 """sae/report.html: the SAE metrics by layer (explained variance, MSE, L0, dead latents), self-contained; the figure
-also as sae/figures/metrics.svg, .pdf and .csv (layerwise.core.html)."""
+also as sae/figures/metrics.svg, .pdf and .csv (layerwise.core.html); links to each SAE's per-latent dashboard."""
 from __future__ import annotations
 
 import html
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from layerwise.core.html import BASE_CSS, FIGURES_DIR, FigureWriter, figure_legend, panel_figure, report_figure
+from layerwise.sae.dashboard import DASHBOARD_HTML
 from layerwise.sae.metrics import METRIC_COLUMNS
 
 PANELS = (("explained_variance", "explained variance"), ("mse", "MSE per element"),
@@ -71,6 +72,19 @@ def _notes(records: Sequence[dict[str, Any]]) -> str:
             f"<th>note</th></tr>{rows}</table>")
 
 
+def _dashboards(records: Sequence[dict[str, Any]], root: Path) -> str:
+    """Links to each SAE folder's dashboard.html (relative: `layer_{L}[_{language}]/dashboard.html`), for the folders
+    that have one; empty when none has."""
+    folders = sorted({r["sae_dir"] for r in records}, key=lambda d: (len(d), d))
+    links = [f'<a href="{html.escape(d)}/{DASHBOARD_HTML}">{html.escape(d)}</a>' for d in folders
+             if (root / d / DASHBOARD_HTML).is_file()]
+    if not links:
+        return ""
+    return (f'<h2 id="dashboards">Per-latent dashboards</h2>\n<p>The latents most associated with gender and the most '
+            f"frequent ones of each SAE: top examples with image and tokens, activation histogram, firing rate by "
+            f"gender and language. {' · '.join(links)}</p>")
+
+
 def write_report(records: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
     path = Path(path)
     fig = metrics_plot(records, figures=FigureWriter(path.parent / FIGURES_DIR))
@@ -88,6 +102,7 @@ def write_report(records: Sequence[dict[str, Any]], path: str | os.PathLike) -> 
 samples never used in training (split by sample: split.json in each folder). Explained variance is
 1 - SSE / total variance of the split (reconstructing every row by the mean scores 0).</p>
 {fig.html("SAE metrics by layer") if fig else '<p>No SAE metrics.</p>'}
+{_dashboards(records, path.parent)}
 {_notes(records)}
 <h2>Metrics (sae/metrics.parquet)</h2>
 {_table(records)}

@@ -22,6 +22,7 @@ import torch
 
 from layerwise.core import schema
 from layerwise.core.errors import LayerwiseError
+from layerwise.sae.dashboard import find_metadata_table, write_dashboard
 from layerwise.sae.evaluate import evaluate_split
 from layerwise.sae.options import MIN_STEPS, POOLED, SAEOptions
 from layerwise.sae.outputs import (
@@ -145,13 +146,21 @@ def _nonfinite_message(layer: int, options: SAEOptions, sources, what: str) -> s
 
 
 def train_layer_sae(layer_files: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-                    options: SAEOptions | None = None, samplesheet: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """Train, save and evaluate the SAE of one layer; returns its metric records (train, validation).
+                    options: SAEOptions | None = None, samplesheet: str | os.PathLike | None = None, *,
+                    tokens: str | os.PathLike | None = None,
+                    samples: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """Train, save and evaluate the SAE of one layer, and write its per-latent dashboard (unless
+    `options.dashboard_latents` is 0); returns its metric records (train, validation).
 
     `samplesheet`: the samplesheet the layer files were extracted from (cfg.json metadata.dataset_path and its
-    sha256); by default the outdir's `pipeline_info/samplesheet.valid.csv` when the files are published ones."""
+    sha256); by default the outdir's `pipeline_info/samplesheet.valid.csv` when the files are published ones.
+    `tokens` / `samples`: the outdir's `metadata/tokens.parquet` and `metadata/samples.parquet` (the dashboard's token
+    strings and images); by default the outdir's when the files are published ones, else none (token ids, no images)."""
     options = options or SAEOptions()
     samplesheet = find_samplesheet(layer_files, samplesheet)
+    if options.dashboard_latents > 0:
+        tokens = find_metadata_table(layer_files, tokens, schema.TOKENS_PARQUET, "--tokens")
+        samples = find_metadata_table(layer_files, samples, schema.SAMPLES_PARQUET, "--samples")
     sources = select_sources(open_sources(list(layer_files)), options.language)
     if options.filters_kinds():
         for s in sources:
@@ -258,6 +267,11 @@ def train_layer_sae(layer_files: Sequence[str | os.PathLike], out_dir: str | os.
                 "epochs_seen": trainer.n_training_samples / train_data.num_rows, "sae_dir": final.name,
                 "steps": trainer.n_training_steps, "notes": notes})
         check_finite_metrics(records, layer, options, sources)
+        dashboard = write_dashboard(inference, sources, part, options, tokens=tokens, samples=samples, device=device,
+                                    sae_dir=final.name)
+        if dashboard is not None:
+            print(f"layer {layer}: dashboard of {dashboard['latents']} latent(s), {dashboard['examples']} example(s) "
+                  f"in {dashboard['seconds']:.1f} s -> {final / dashboard['html']}", flush=True)
         excluded = {split: p.excluded_ids for split, p in providers.items()}
         write_json(part / SPLIT_FILE, {
             "layer": layer, "language": options.language, "languages": languages,
@@ -283,6 +297,7 @@ def train_layer_sae(layer_files: Sequence[str | os.PathLike], out_dir: str | os.
             "hook_name": hook_name(layer), "hf_hook_name": metadata["hf_hook_name"], "model_id": sources[0].model_id,
             "model": model.to_dict(), "context_size": metadata["context_size"],
             "samplesheet": {"path": metadata["dataset_path"], "sha256": metadata["layerwise_dataset_sha256"]},
+            "dashboard": dashboard,
             "versions": {"sae_lens": sl.__version__, "torch": torch.__version__, "python": platform.python_version()}})
     except BaseException:
         shutil.rmtree(part, ignore_errors=True)     # no half-written folder left beside the published ones

@@ -533,8 +533,9 @@ def test_bad_parameter_fails_before_anything_is_submitted(tmp_path, fixture_dir)
 
 
 def test_bad_samplesheet_fails_in_preflight(tmp_path, samplesheet):
-    run = run_pipeline(tmp_path, "--input", _truncated_image_sheet(tmp_path, samplesheet), timeout=ERROR_TIMEOUT)
-    _assert_failed_early(run, ["row 5", "cut."], True)
+    sheet = _truncated_image_sheet(tmp_path, samplesheet)
+    run = run_pipeline(tmp_path, "--input", sheet, timeout=ERROR_TIMEOUT)
+    _assert_failed_early(run, ["row 5", "cut.", str(sheet)], True)    # the user's file, not the staged copy
 
 
 # -- 7. all layers of a language at once, memory-mapped (no combined file needed) -------------------

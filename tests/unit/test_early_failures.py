@@ -33,13 +33,24 @@ HEAD_CASES = {
     "analysis_option_range": ({"analysis_folds": 1}, ["--analysis_folds", "minimum 2"]),
 }
 
+# Inputs the head reads cheaply (LayerwiseInputs): reported with the parameter errors, in the same message
+INPUT_CASES = {
+    # the issue's launch: three problems, one message
+    "three_at_once": ({"languages": "english,french", "layers": "0-40", "sae": True, "sae_k": 0},
+                      [["--sae_k", "minimum 1"], ["--languages", "'french'", "prompts.json"],
+                       ["--input", "samples.csv", "caption_french"], ["--layers", "40", "6 decoder layers", "0-5"]]),
+    "integer_typed_on_the_command_line": ({"layer_groups": 4, "samples_per_task": "6"}, []),
+}
+
 GROOVY = """
 def gcl = new GroovyClassLoader(); gcl.addClasspath(args[0])
 def schema = gcl.loadClass('LayerwiseSchema').newInstance(java.nio.file.Paths.get(args[1]))
+def inputs = gcl.loadClass('LayerwiseInputs')
+def root = java.nio.file.Paths.get(args[1]).parent
 def input = new groovy.json.JsonSlurper().parse(new File(args[2]))
 println groovy.json.JsonOutput.toJson(input.cases.collectEntries { name, given ->
     def params = new LinkedHashMap(input.base); params.putAll(given)
-    [(name): schema.validate(params).errors]
+    [(name): (schema.validate(params).errors + inputs.check(params, root)).collect { it.toString() }]
 })
 """
 
@@ -49,7 +60,7 @@ def head_errors(tmp_path_factory, resolved_configs):
     """case -> the errors of the head's parameter check, every case (and a good control) in one JVM."""
     tmp = tmp_path_factory.mktemp("params")
     base = resolved_configs["test"]["params"]
-    cases = {"control": {}, **{name: given for name, (given, _) in HEAD_CASES.items()}}
+    cases = {"control": {}, **{name: given for name, (given, _) in {**HEAD_CASES, **INPUT_CASES}.items()}}
     (tmp / "cases.json").write_text(json.dumps({"base": base, "cases": cases}))
     (tmp / "check.groovy").write_text(GROOVY)
     run = subprocess.run(groovy_command(tmp / "check.groovy", SCHEMA, tmp / "cases.json"),
@@ -60,6 +71,17 @@ def head_errors(tmp_path_factory, resolved_configs):
 
 def test_the_test_profile_passes_the_parameter_check(head_errors):
     assert head_errors["control"] == []
+
+
+@pytest.mark.parametrize("case", list(INPUT_CASES))
+def test_every_problem_of_a_launch_comes_back_in_one_message(head_errors, case):
+    """Parameters, languages against prompts, samplesheet columns (the user's file) and layers against the
+    model's depth are checked together in the head: one error per problem, none left for a later launch."""
+    _, problems = INPUT_CASES[case]
+    errors = head_errors[case]
+    assert len(errors) == len(problems), errors
+    for needles in problems:
+        assert any(all(n.lower() in e.lower() for n in needles) for e in errors), (needles, errors)
 
 
 @pytest.mark.parametrize("case", list(HEAD_CASES))
@@ -142,7 +164,7 @@ def broken_sheet(tmp_path: Path, samplesheet: Path, edit) -> Path:
     return path
 
 
-def preflight_as_the_task_runs_it(capsys, tmp_path, params: dict, sheet: Path, model: Path):
+def preflight_as_the_task_runs_it(capsys, tmp_path, params: dict, sheet: Path, model: Path, extra=()):
     """`layerwise-preflight` with the arguments modules/local/preflight builds from these params."""
     schema = json.loads(SCHEMA.read_text())
     sae_names = [n for n in schema["$defs"]["sae_options"]["properties"] if n.startswith("sae_") and n != "sae_per_language"]
@@ -161,7 +183,7 @@ def preflight_as_the_task_runs_it(capsys, tmp_path, params: dict, sheet: Path, m
         intervention = tmp_path / "intervention_options.json"
         intervention.write_text(json.dumps({n.removeprefix("intervention_"): params[n] for n in names}))
         args += ["--intervention-options", intervention]
-    code, stdout, stderr = run_in_process("preflight", args, capsys)
+    code, stdout, stderr = run_in_process("preflight", [*args, *extra], capsys)
     return code, stdout, stderr, out
 
 
@@ -200,3 +222,14 @@ def test_bad_samplesheet_is_refused_by_preflight(capsys, tmp_path, test_params, 
     sheet = broken_sheet(tmp_path, samplesheet, edit)
     code, _, stderr, out = preflight_as_the_task_runs_it(capsys, tmp_path, test_params, sheet, tiny_model_dir)
     _assert_refused(code, stderr, out, needles)
+
+
+def test_preflight_names_the_users_samplesheet_not_the_staged_copy(capsys, tmp_path, test_params, samplesheet,
+                                                                   tiny_model_dir):
+    """The task reads a staged copy (input/samples.csv); its messages name the --input path the user gave."""
+    staged = broken_sheet(tmp_path, samplesheet, _duplicate_id)
+    origin = "/home/someone/study/my_samples.csv"
+    code, _, stderr, out = preflight_as_the_task_runs_it(capsys, tmp_path, test_params, staged, tiny_model_dir,
+                                                         extra=["--samplesheet-origin", origin])
+    _assert_refused(code, stderr, out, ["duplicate", origin])
+    assert str(staged) not in stderr

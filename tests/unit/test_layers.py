@@ -185,3 +185,52 @@ def test_group_pattern_accepts_what_the_parser_can_read(case):
     except LayerwiseError as e:
         readable = "cannot read" not in str(e) and "is empty" not in str(e)
     assert (re.fullmatch(LAYER_GROUPS_PATTERN, text) is not None) == readable, text
+
+
+# -- the head's copy of the rules (lib/LayerwiseInputs.groovy): same vectors, one JVM -----------------------------
+HEAD_PARSE = """
+def inputs = new GroovyClassLoader().with { addClasspath(args[0]); loadClass('LayerwiseInputs') }
+def cases = new groovy.json.JsonSlurper().parse(new File(args[1]))
+def models = new groovy.json.JsonSlurper().parse(new File(args[2]))
+println groovy.json.JsonOutput.toJson([
+    specs : cases.collect { c -> inputs.parseLayers(c.spec, c.num_layers as int).with { it instanceof List ? it : it.toString() } },
+    depths: models.collectEntries { name, dir ->
+        [(name): inputs.decoderLayers(inputs.modelConfig(dir, null, [:]))] },
+])
+"""
+
+
+@pytest.fixture(scope="module")
+def head_parsing(tmp_path_factory, fixture_dir):
+    import subprocess
+
+    from tests.support.engine import groovy_command
+
+    tmp = tmp_path_factory.mktemp("head-layers")
+    models = {"gemma3": str(fixture_dir / "model"),
+              **{d.name: str(d) for d in sorted((fixture_dir / "families").iterdir()) if d.is_dir()}}
+    (tmp / "models.json").write_text(json.dumps(models))
+    (tmp / "parse.groovy").write_text(HEAD_PARSE)
+    run = subprocess.run(groovy_command(tmp / "parse.groovy", Path(__file__).resolve().parents[1] / "layer_spec_cases.json",
+                                        tmp / "models.json"), capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout.strip().splitlines()[-1]), models
+
+
+def test_the_head_reads_layer_specs_by_the_same_rules(head_parsing):
+    """What the head refuses before any job (a layer beyond the model's depth), PREFLIGHT refuses the same way."""
+    results = head_parsing[0]["specs"]
+    for case, got in zip(CASES, results, strict=True):
+        if "expect" in case:
+            assert got == case["expect"], (case, got)
+        else:
+            assert isinstance(got, str) and case["error_contains"] in got and "--layers" in got, (case, got)
+
+
+def test_the_head_reads_each_family_depth_as_layerwise_does(head_parsing):
+    from layerwise.models.loading import read_model_info
+
+    depths, models = head_parsing[0]["depths"], head_parsing[1]
+    assert len(models) >= 9
+    for name, folder in models.items():
+        assert depths[name] == read_model_info(folder)["num_layers"], name

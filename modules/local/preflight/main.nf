@@ -37,6 +37,8 @@ process PREFLIGHT {
     script:
     def args = task.ext.args ?: ''
     def rev  = revision ? "--revision '${revision}'" : ''
+    // messages name the user's samplesheet, not the staged copy (spec.input: the --input path given)
+    def origin = spec.input ? "--samplesheet-origin '${spec.input}'" : ''
     // the extraction's token selection: the SAE and intervention checks (the kinds and rows it stores), the storage plan
     def selection = "--token-selection ${params.token_selection}"
     def sae  = sae_options ? '--sae-options sae_options.json' + (params.sae_per_language ? ' --sae-per-language' : '') : ''
@@ -62,7 +64,7 @@ process PREFLIGHT {
     END_OPTIONS
 
     layerwise-preflight \\
-        --samplesheet ${samplesheet} \\
+        --samplesheet ${samplesheet} ${origin} \\
         --model '${model}' ${rev} \\
         --layers '${spec.layers}' \\
         --languages '${spec.languages}' \\

@@ -33,7 +33,8 @@ workflow EXTRACTION {
     // it fails before any GPU job when they do not fit): PREFLIGHT is never cached, so they re-run nothing
     ch_preflight_spec = ch_spec.combine(outdir).combine(image_cache)
         .map { spec, out, cache ->
-            spec + [storage: [outdir: out, work_dir: workflow.workDir.toString(), image_cache: cache,
+            spec + [input: file(params.input.toString()).toAbsolutePath().toString(),   // named in its messages
+                    storage: [outdir: out, work_dir: workflow.workDir.toString(), image_cache: cache,
                               ignore_space_check: params.ignore_space_check as boolean,
                               token_selection: params.token_selection, layout: params.layout, dtype: params.dtype,
                               device: params.device, nan_policy: params.nan_policy,

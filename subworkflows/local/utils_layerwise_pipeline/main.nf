@@ -54,7 +54,7 @@ def initialise() {
     }
     errors += extraChecks(schema)
     if (errors) {
-        def fixture = errors.any { it.contains('tests/fixtures/build') } ?
+        def fixture = errors.any { it.contains('tests/fixtures/build') && it.contains('not found') } ?
             "\nThe test fixtures are missing: run scripts/setup.sh (builds .venv and tests/fixtures/build)." : ''
         error("ERROR: invalid parameters (see --help, or --help <parameter>):\n  * " + errors.join('\n  * ') + fixture)
     }
@@ -255,7 +255,8 @@ def saeRecord() {
 
 /** Checks that the schema cannot express. Each entry is one line naming the parameter. */
 def extraChecks(LayerwiseSchema schema) {
-    def errors = []
+    // the user's inputs, cheap checks (languages and prompts, samplesheet columns, layers against the model's depth)
+    def errors = LayerwiseInputs.check(params, projectDir)
     // The intervention ablates latents of the run's SAEs (trained and published first)
     // The intervention ablates SAE latents: this run's (--sae), or those an earlier run published in --outdir
     // (used only if they were trained on this run's layer files: PUBLISH_RESULTS checks their record)
