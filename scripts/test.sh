@@ -4,34 +4,21 @@
 #   tests/integration  the pipeline through the real Nextflow engine (one shared -profile test --sae run,
 #                      -resume, kill + resume, stub, early failures, planted analyses), the local SLURM
 #                      cluster, nf-core lint
-# `scripts/test.sh --unit` runs the unit tier only; with both tiers the unit tier runs alongside the integration
-# tier (LAYERWISE_TEST_SERIAL=1: one after the other). Installs what is missing first (scripts/setup.sh is
-# idempotent and reuses what it built). Other arguments go to pytest (both tiers).
+# `scripts/test.sh --unit` runs the unit tier only. Both tiers run in one pytest session on pytest-xdist
+# workers (LAYERWISE_TEST_WORKERS, default 4 for both tiers, 2 for the unit tier): the engines of the
+# integration tier spend much of their time waiting between tasks, and the workers done with them take the
+# unit tests. tests/conftest.py groups the tests that share a run or a module fixture onto one worker and
+# queues the longest work first. LAYERWISE_TEST_SERIAL=1 runs everything in this one process instead.
+# Installs what is missing first (scripts/setup.sh is idempotent and reuses what it built). Other arguments
+# go to pytest.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-tiers=(tests/unit tests/integration)
-if [[ "${1:-}" == "--unit" ]]; then tiers=(tests/unit); shift; fi
+tiers=(tests/integration tests/unit)
+workers="${LAYERWISE_TEST_WORKERS:-4}"
+if [[ "${1:-}" == "--unit" ]]; then tiers=(tests/unit); workers="${LAYERWISE_TEST_WORKERS:-2}"; shift; fi
 scripts/setup.sh
 export NXF_OFFLINE=true HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-if [[ ${#tiers[@]} -eq 1 || -n "${LAYERWISE_TEST_SERIAL:-}" ]]; then
-    exec .venv/bin/python -m pytest "${tiers[@]}" "$@"
-fi
-# Both tiers: the unit tier runs alongside the integration tier, whose engines spend much of their time
-# waiting between tasks (LAYERWISE_TEST_SERIAL=1 runs them one after the other). Its output follows.
-unit_log="$(mktemp -t layerwise-unit-tier.XXXXXX)"
-.venv/bin/python -m pytest tests/unit "$@" >"$unit_log" 2>&1 &
-unit_pid=$!
-trap 'kill "$unit_pid" 2>/dev/null || true' INT TERM
-set +e
-.venv/bin/python -m pytest tests/integration "$@"
-integration=$?
-wait "$unit_pid"
-unit=$?
-set -e
-echo "---- unit tier (tests/unit, run alongside): exit status ${unit} ----"
-cat "$unit_log"
-rm -f "$unit_log"
-echo "---- integration tier: exit status ${integration}; unit tier: exit status ${unit} ----"
-if (( integration != 0 )); then exit "$integration"; fi
-exit "$unit"
+parallel=(-n "$workers" --dist loadgroup --no-loadscope-reorder)
+if [[ -n "${LAYERWISE_TEST_SERIAL:-}" ]]; then parallel=(); fi
+exec .venv/bin/python -m pytest "${parallel[@]}" "${tiers[@]}" "$@"

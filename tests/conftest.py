@@ -18,12 +18,51 @@ torch.set_num_threads(2)
 TIERS = ("unit", "integration")
 
 
+def _tier(item) -> str:
+    tier = Path(str(item.path)).resolve().relative_to(ROOT / "tests").parts[0]
+    if tier not in TIERS:
+        raise pytest.UsageError(f"{item.nodeid}: tests live in tests/unit or tests/integration")
+    return tier
+
+
+def _module_fixtures(item) -> bool:
+    """Whether the test uses a module-scoped fixture (made once per worker: its module's tests share a worker)."""
+    return any(defs and defs[-1].scope == "module" for defs in item._fixtureinfo.name2fixturedefs.values())
+
+
+def _group_and_rank(item, tier: str) -> tuple[str | None, int]:
+    """The pytest-xdist group of a test (tests of one group run on one worker, in order) and where its work unit
+    goes in the queue: the longest integration work first, the unit tier after it, so that the workers that are
+    done with engines share the unit tests.
+      - the tests that read, damage or resume the shared finished run (`finished_run` as an argument): one group,
+        since several of them launch in its launch folder (one engine at a time there);
+      - a module whose tests share a module-scoped fixture (a cluster, two planted runs, a JVM of checks): its module;
+      - the unit tests that read every profile's resolved configuration (`resolved_configs`, a JVM per profile): one;
+      - every other unit test: its module; every other integration test: alone (it launches its own engine)."""
+    module = item.module.__name__
+    direct = item._fixtureinfo.argnames
+    if tier == "integration":
+        if "finished_run" in direct:
+            return "finished_run", 2
+        if _module_fixtures(item):
+            return module, (0 if "slurm" in module else 1)
+        # tests that launch their own engine; those that need the shared run after the others (it is made by then)
+        return None, (4 if "finished_run" in item.fixturenames else 3)
+    if "resolved_configs" in item.fixturenames:
+        return "resolved_configs", 5
+    return module, 5
+
+
+@pytest.hookimpl(tryfirst=True)   # before pytest-xdist reads the xdist_group marks (--dist loadgroup)
 def pytest_collection_modifyitems(config, items):
+    rank = {}
     for item in items:
-        tier = Path(str(item.path)).resolve().relative_to(ROOT / "tests").parts[0]
-        if tier not in TIERS:
-            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/unit or tests/integration")
+        tier = _tier(item)
         item.add_marker(getattr(pytest.mark, tier))
+        group, rank[item.nodeid] = _group_and_rank(item, tier)
+        if group and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: rank[item.nodeid])   # stable: collection order within a rank
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,18 @@
 """Fixtures of the integration tier: one finished `-profile test --sae` run shared by every module that needs
-one (the engine is launched once per kind of run, not once per test module)."""
+one (the engine is launched once per kind of run, not once per test module), and by every pytest-xdist worker
+(the first worker that needs it runs it, the others wait for it and read it)."""
 from __future__ import annotations
 
 import os
+import pickle
+import shutil
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import pandas as pd
 import pytest
+from filelock import FileLock
 
 from tests.support.pipeline_helpers import PipelineRun, output_digest, run_pipeline
 
@@ -45,6 +50,8 @@ class FinishedRun:
     trained: PipelineRun
     digest: dict[str, str]        # output_digest of the extraction's results (layer files, metadata tables)
     metrics: pd.DataFrame         # sae/metrics.parquet as the trained run wrote it
+    reference: Path               # a copy of the trained run's outdir as it finished (tests in the finished_run group
+                                  # damage and repair the outdir; tests on other workers compare against this copy)
 
     @property
     def outdir(self):
@@ -59,11 +66,39 @@ class FinishedRun:
         return self.trained.workdir
 
 
-@pytest.fixture(scope="session")
-def finished_run(tmp_path_factory, fixture_dir) -> FinishedRun:
-    base = tmp_path_factory.mktemp("finished")
+def shared_tmp(tmp_path_factory) -> Path:
+    """A folder every pytest-xdist worker of this session sees (the session's own temp folder without xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def _finish(base: Path) -> FinishedRun:
     with quiet_offline_trainer():
         extraction = assert_ok(run_pipeline(base, "--analysis", "false", timeout=RUN_TIMEOUT))
         digest = output_digest(extraction.outdir)     # before the second run republishes into the same outdir
         trained = assert_ok(run_pipeline(base, "--sae", "--intervene", resume=True, timeout=RUN_TIMEOUT))
-    return FinishedRun(extraction, trained, digest, pd.read_parquet(trained.outdir / "sae" / "metrics.parquet"))
+    reference = base / "reference"
+    shutil.copytree(trained.outdir, reference, symlinks=True)
+    return FinishedRun(replace(extraction, process=None), replace(trained, process=None), digest,
+                       pd.read_parquet(trained.outdir / "sae" / "metrics.parquet"), reference)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, fixture_dir) -> FinishedRun:
+    shared = shared_tmp(tmp_path_factory)
+    with FileLock(shared / "finished_run.lock"):
+        saved = shared / "finished_run.pickle"
+        if saved.is_file():
+            run = pickle.loads(saved.read_bytes())
+            if isinstance(run, str):
+                pytest.fail(run, pytrace=False)
+            return run
+        try:
+            (shared / "finished").mkdir(exist_ok=True)
+            run = _finish(shared / "finished")
+        except BaseException as exc:
+            saved.write_bytes(pickle.dumps(f"the shared -profile test run failed (on another worker): {exc}"))
+            raise
+        saved.write_bytes(pickle.dumps(run))
+        return run
+

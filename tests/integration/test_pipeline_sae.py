@@ -104,6 +104,22 @@ def test_sae_report_and_analysis_of_the_sae_latents(finished_run):
     assert set(features.layer) | skipped == set(LAYERS)
 
 
+def test_every_sae_has_a_dashboard_with_the_runs_token_strings_and_images(finished_run):
+    """TRAIN_SAE reads the published token and samples tables: the dashboards show token strings and thumbnails
+    (neither "not available" note), and the SAE report links each one."""
+    out = finished_run.trained.outdir
+    report = (out / "sae" / "report.html").read_text()
+    for layer in LAYERS:
+        folder = out / "sae" / f"layer_{layer}"
+        page = (folder / "dashboard.html").read_text()
+        assert "data:image/jpeg;base64," in page and "http://" not in page and "https://" not in page
+        training = json.loads((folder / "training.json").read_text())
+        assert not [n for n in training["dashboard"]["notes"] if "not available" in n], training["dashboard"]
+        table = pd.read_parquet(folder / "dashboard.parquet")
+        assert len(table) and set(table.layer) == {layer} and table.max_token.notna().all()
+        assert f"layer_{layer}/dashboard.html" in report
+
+
 def test_every_report_listed_for_seqera_platform_exists(finished_run):
     """tower.yml's Reports-tab patterns each match a file that a --sae run publishes."""
     import yaml

@@ -24,6 +24,7 @@ import re
 import shlex
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -228,16 +229,24 @@ def configs() -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def runs(slurm_cluster, configs, finished_run, tmp_path_factory):
-    """The uninterrupted run on the cluster, and the local reference: the integration tier's shared
-    `-profile test` run (its first launch extracted with the test profile's parameters, which
-    test_overlay_keeps_the_ncc_scheduling checks the overlay shares for every parameter that decides the outputs)."""
+def runs(slurm_cluster, configs, tmp_path_factory):
+    """The uninterrupted run on the cluster."""
     base = tmp_path_factory.mktemp("slurm_runs")
     probe = _write(base / "probe.config", PROBE_CONFIG)
     slurm = run_on_slurm(base / "slurm", configs=[probe])
     print(f"\n[slurm] cluster run {slurm.seconds:.0f} s")
     assert_ok(slurm, "-profile ncc -c conf/slurm_local.config")
-    return {"slurm": slurm, "local": finished_run.trained}
+    return {"slurm": slurm}
+
+
+@pytest.fixture
+def local_reference(finished_run):
+    """The local reference: the integration tier's shared `-profile test` run (its first launch extracted with the
+    test profile's parameters, which test_overlay_keeps_the_ncc_scheduling checks the overlay shares for every
+    parameter that decides the outputs), read from the copy of its outdir taken when it finished."""
+    local = replace(finished_run.trained, outdir=finished_run.reference)
+    local.roots = {str(finished_run.reference): "<outdir>", **_roots(finished_run.trained)}
+    return local
 
 
 # -- comparison of published outputs ---------------------------------------------------------------
@@ -277,7 +286,9 @@ def _diff(a, b, where: str, roots_a, roots_b, out: list[str]) -> None:
 
 
 def _roots(run: PipelineRun) -> dict[str, str]:
-    return {str(run.outdir): "<outdir>", str(run.workdir): "<workdir>", str(run.launchdir): "<launchdir>"}
+    """The run's own directories (a copied outdir also names the outdir it was copied from: run.roots)."""
+    return getattr(run, "roots", None) or {str(run.outdir): "<outdir>", str(run.workdir): "<workdir>",
+                                           str(run.launchdir): "<launchdir>"}
 
 
 def _parquet_records(path: Path) -> list[dict]:
@@ -380,9 +391,9 @@ def test_overlay_keeps_the_ncc_scheduling(configs):
     assert ovl["executor"]["pollInterval"] == "2 sec" and ovl["executor"]["queueStatInterval"] == "3 sec"
 
 
-def test_slurm_run_matches_local_run(runs):
+def test_slurm_run_matches_local_run(runs, local_reference):
     """a. Same layer files, combined files and metadata as the local run with the same parameters."""
-    slurm, local = runs["slurm"], runs["local"]
+    slurm, local = runs["slurm"], local_reference
     rows = trace_of(slurm)
     assert {r["status"] for r in rows} == {"COMPLETED"}, [(r["name"], r["status"]) for r in rows]
     assert all(r["native_id"].isdigit() for r in rows), "slurm tasks carry their SLURM job id"

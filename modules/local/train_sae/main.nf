@@ -1,6 +1,7 @@
 // One sparse autoencoder (SAELens SAETrainer) on one layer's published activations: every language
 // pooled, or one language. No model is loaded. Writes layer_{L}[_{language}]/ (cfg.json + sae_weights.safetensors,
-// loadable with sae_lens.SAE.load_from_disk, and split.json, metrics.json, training.json).
+// loadable with sae_lens.SAE.load_from_disk, and split.json, metrics.json, training.json, and the per-latent
+// dashboard.html + dashboard.parquet).
 // Contract: docs/architecture.md (layerwise-train-sae), options: docs/sae.md.
 process TRAIN_SAE {
     tag "layer ${meta.layer} ${meta.language}"
@@ -14,7 +15,8 @@ process TRAIN_SAE {
 
     input:
     // meta: [layer, language ('pooled' or a language), sha256: [file name: sha256]]
-    tuple val(meta), path(layer_files, stageAs: 'activations/*')
+    // tables: the outdir's metadata/tokens.parquet and samples.parquet (token strings and images of the dashboards)
+    tuple val(meta), path(layer_files, stageAs: 'activations/*'), path(tables, stageAs: 'metadata/*')
     val options                             // JSON object of SAE options (layerwise.sae.options.SAEOptions)
     val source_digest                       // digest of the layerwise Python sources the training uses
 
@@ -26,6 +28,9 @@ process TRAIN_SAE {
     task.ext.when == null || task.ext.when
 
     script:
+    def staged = (tables instanceof List ? tables : [tables]).collect { it.name }
+    def dashboard = ['tokens', 'samples'].findAll { "${it}.parquet" in staged }
+        .collect { "--${it} metadata/${it}.parquet" }.join(' ')
     """
     cat > sae_options.json <<'END_OPTIONS'
     ${options}
@@ -35,7 +40,7 @@ process TRAIN_SAE {
         --options-json sae_options.json \\
         --language '${meta.language}' \\
         --out-dir . \\
-        --metrics metrics.parquet \\
+        --metrics metrics.parquet ${dashboard} \\
         ${layer_files}
     # the layer files it was trained on (PUBLISH_SAE checks them against the outdir and records them)
     cat > trained_on.json <<'END_INPUTS'

@@ -20,7 +20,10 @@ workflow SAE_TRAINING {
     ch_inputs = ch_published
         .flatMap { meta, out ->
             (meta.published ?: []).findAll { it.layer != null }
-                .collect { [layer: it.layer as int, language: it.language, sha256: it.sha256, file: file("${out}/${it.path}")] }
+                .collect { [layer: it.layer as int, language: it.language, sha256: it.sha256, file: file("${out}/${it.path}"),
+                            // the token strings and image paths of the per-latent dashboards (metadata/)
+                            tables: ['tokens.parquet', 'samples.parquet'].collect { t -> file("${out}/metadata/${t}") }
+                                        .findAll { t -> t.exists() }] }
         }
         .map { r -> [params.sae_per_language ? "${r.layer}:${r.language}" : "${r.layer}", r] }
         .groupTuple()
@@ -28,7 +31,7 @@ workflow SAE_TRAINING {
             recs = recs.sort { it.language }
             def meta = [layer: recs[0].layer, language: params.sae_per_language ? recs[0].language : 'pooled',
                         sha256: recs.collectEntries { [(it.file.name): it.sha256] }]
-            [meta, recs.collect { it.file }]
+            [meta, recs.collect { it.file }, recs[0].tables]
         }
     TRAIN_SAE(ch_inputs, sae_options, digests.map { it.sae })
     ch_versions = ch_versions.mix(TRAIN_SAE.out.versions)
