@@ -53,16 +53,29 @@ def _group_and_rank(item, tier: str) -> tuple[str | None, int]:
     return module, 5
 
 
+def _join_group(item, group: str) -> None:
+    """pytest-xdist's --dist loadgroup reads a test's group from its node id (`<id>@<group>`), which it sets through
+    an attribute that pytest 9.2 no longer reads (item._nodeid): so the id is set here, the way xdist means to."""
+    from _pytest.nodeid import NodeId
+
+    item._id = NodeId.parse(f"{item.nodeid}@{group}")
+
+
 @pytest.hookimpl(tryfirst=True)   # before pytest-xdist reads the xdist_group marks (--dist loadgroup)
 def pytest_collection_modifyitems(config, items):
     rank = {}
+    loadgroup = bool(config.getvalue("loadgroup")) if hasattr(config.option, "loadgroup") else False
     for item in items:
         tier = _tier(item)
         item.add_marker(getattr(pytest.mark, tier))
-        group, rank[item.nodeid] = _group_and_rank(item, tier)
-        if group and not item.get_closest_marker("xdist_group"):
+        group, rank[id(item)] = _group_and_rank(item, tier)
+        marks = [m.args[0] if m.args else m.kwargs.get("name", "default") for m in item.iter_markers("xdist_group")]
+        if group and not marks:
             item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=lambda item: rank[item.nodeid])   # stable: collection order within a rank
+            marks = [group]
+        if loadgroup and marks and "@" not in item.nodeid:   # on a pytest-xdist worker of --dist loadgroup
+            _join_group(item, "_".join(sorted(map(str, marks))))
+    items.sort(key=lambda item: rank[id(item)])   # stable: collection order within a rank
 
 
 @pytest.fixture(scope="session")

@@ -792,3 +792,32 @@ def build_families(out_dir, gemma3_dir=None) -> dict[str, Path]:
 def family_paths(out_dir) -> dict[str, Path]:
     """OUT/families/<model_type> for every family (whether built or not)."""
     return {model_type: Path(out_dir) / FAMILIES_DIR / model_type for model_type in FAMILIES}
+
+
+def native_forward(model_dir, model_type: str, image, prompt: str, caption: str):
+    """(input_ids, hidden_states, config) of the model's own forward on the family's native input, built without
+    layerwise's input code: the family's processor with its chat template (the caption as the assistant turn;
+    `add_special_tokens` only when the template writes no BOS), or PaliGemma's prompt as `text` and the caption
+    as `suffix`; float32, `output_hidden_states=True`."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from layerwise.models.families import FAMILIES as FAMILY_TABLE
+    from layerwise.models.families import PREFIX_SUFFIX
+
+    processor = AutoProcessor.from_pretrained(model_dir, local_files_only=True)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32).eval()
+    family = FAMILY_TABLE[model_type]
+    if family.prompt_format == PREFIX_SUFFIX:
+        enc = processor(text=[prompt], images=[image], suffix=[caption], return_tensors="pt")
+    else:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": caption}]}]
+        text = processor.apply_chat_template(messages, tokenize=False)
+        bos = processor.tokenizer.bos_token
+        images = [[image]] if family.nested_images else [image]
+        enc = processor(text=[text], images=images, return_tensors="pt",
+                        add_special_tokens=bool(bos) and not text.startswith(bos))
+    with torch.no_grad():
+        out = model(**enc, output_hidden_states=True)
+    return enc["input_ids"][0], out.hidden_states, model.config

@@ -1,7 +1,7 @@
 """Every model family, extracted exactly: stored activations equal the model's own `output_hidden_states`.
 
 For each family of `layerwise.models.families` there is a tiny randomly initialised model of the real
-architecture with its real processor (tests/support/families.py). The reference is built here without
+architecture with its real processor (tests/support/families.py). The reference (native_forward there) is built without
 layerwise's input code: the family's processor on its native input (the chat template with the caption as
 the assistant turn, with `add_special_tokens` only when the template writes no BOS; PaliGemma: the prompt as
 `text` and the caption as `suffix`), the model's forward with `output_hidden_states=True`. Images of three
@@ -14,16 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from layerwise.core import schema
 from layerwise.core.prompts import load_prompts, prompt_for
 from layerwise.core.sheet import read_valid_samplesheet
 from layerwise.extract.unit import UnitConfig, run_unit
 from layerwise.layerfile.store import load_layer_file
-from layerwise.models.families import CROSS_ATTENTION, FAMILIES, PREFIX_SUFFIX
+from layerwise.models.families import CROSS_ATTENTION, FAMILIES
 from layerwise.models.loading import load_model
 from layerwise.preflight.samplesheet import read_samplesheet, write_valid_samplesheet
+from tests.support.families import native_forward as reference
 from tests.support.sheets import resized_sheet
 
 SIZES = ((64, 64), (96, 48), (40, 80))
@@ -40,26 +40,6 @@ def sheet(tmp_path_factory, fixture_dir) -> Path:
     folder = tmp_path_factory.mktemp("family-data")
     user = resized_sheet(fixture_dir, folder, SIZES)
     return write_valid_samplesheet(read_samplesheet(user, ["english"]), folder / "samplesheet.valid.csv")
-
-
-def reference(model_dir: Path, model_type: str, image: Image.Image, prompt: str, caption: str):
-    """(input_ids, hidden_states) of the model's own forward on the family's native input."""
-    processor = AutoProcessor.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32).eval()
-    family = FAMILIES[model_type]
-    if family.prompt_format == PREFIX_SUFFIX:
-        enc = processor(text=[prompt], images=[image], suffix=[caption], return_tensors="pt")
-    else:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]},
-                    {"role": "assistant", "content": [{"type": "text", "text": caption}]}]
-        text = processor.apply_chat_template(messages, tokenize=False)
-        bos = processor.tokenizer.bos_token
-        images = [[image]] if family.nested_images else [image]
-        enc = processor(text=[text], images=images, return_tensors="pt",
-                        add_special_tokens=bool(bos) and not text.startswith(bos))
-    with torch.no_grad():
-        out = model(**enc, output_hidden_states=True)
-    return enc["input_ids"][0], out.hidden_states, model.config
 
 
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
