@@ -7,14 +7,14 @@ import os
 import pickle
 import shutil
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from filelock import FileLock
 
-from tests.support.pipeline_helpers import PipelineRun, output_digest, run_pipeline
+from tests.support.pipeline_helpers import FinishedRun, PipelineRun, output_digest, run_pipeline
 
 RUN_TIMEOUT = 1500   # seconds for one full run (a few minutes on an idle 2-core machine)
 
@@ -38,32 +38,6 @@ def assert_ok(run: PipelineRun) -> PipelineRun:
     assert not run.timed_out, f"nextflow timed out\n{run.failure_message()}"
     assert run.returncode == 0, f"nextflow failed\n{run.failure_message()}"
     return run
-
-
-@dataclass
-class FinishedRun:
-    """The shared run: `extraction` (-profile test --analysis false) then `trained` (-resume --sae --intervene: SAEs,
-    the analysis and the intervention on the published files, nothing re-extracted), in one launch, work and
-    output directory."""
-
-    extraction: PipelineRun
-    trained: PipelineRun
-    digest: dict[str, str]        # output_digest of the extraction's results (layer files, metadata tables)
-    metrics: pd.DataFrame         # sae/metrics.parquet as the trained run wrote it
-    reference: Path               # a copy of the trained run's outdir as it finished (tests in the finished_run group
-                                  # damage and repair the outdir; tests on other workers compare against this copy)
-
-    @property
-    def outdir(self):
-        return self.trained.outdir
-
-    @property
-    def launchdir(self):
-        return self.trained.launchdir
-
-    @property
-    def workdir(self):
-        return self.trained.workdir
 
 
 def shared_tmp(tmp_path_factory) -> Path:

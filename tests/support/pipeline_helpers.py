@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 NEXTFLOW = ROOT / "nextflow"
@@ -315,3 +316,29 @@ def output_digest(outdir: Path) -> dict[str, str]:
     for path in sorted(outdir.glob("metadata/*.parquet")):
         digest[path.relative_to(outdir).as_posix()] = parquet_digest(path)
     return digest
+
+
+@dataclass
+class FinishedRun:
+    """The shared run: `extraction` (-profile test --analysis false) then `trained` (-resume --sae --intervene: SAEs,
+    the analysis and the intervention on the published files, nothing re-extracted), in one launch, work and
+    output directory."""
+
+    extraction: PipelineRun
+    trained: PipelineRun
+    digest: dict[str, str]        # output_digest of the extraction's results (layer files, metadata tables)
+    metrics: Any                  # sae/metrics.parquet as the trained run wrote it (a DataFrame)
+    reference: Path               # a copy of the trained run's outdir as it finished (tests in the finished_run group
+                                  # damage and repair the outdir; tests on other workers compare against this copy)
+
+    @property
+    def outdir(self):
+        return self.trained.outdir
+
+    @property
+    def launchdir(self):
+        return self.trained.launchdir
+
+    @property
+    def workdir(self):
+        return self.trained.workdir
