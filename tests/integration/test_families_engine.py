@@ -37,7 +37,7 @@ def family_runs(tmp_path_factory, fixture_dir):
         for family in ENGINE_FAMILIES:
             runs[family] = start_pipeline(tmp_path_factory.mktemp(f"engine-{family}"), "--input", sheet,
                                           "--model", fixture_dir / "families" / family, "--layers", "all",
-                                          "--languages", "english", "--analysis", "false")
+                                          "--languages", "english", "--layer_groups", "1", "--analysis", "false")
         for run in runs.values():
             finish(run, timeout=RUN_TIMEOUT)
     finally:

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.support.engine import nextflow_env
 from tests.support.pipeline_helpers import (
     NEXTFLOW,
     ROOT,
@@ -213,7 +214,7 @@ def resolved_configs(**variants: list[str]) -> dict[str, dict]:
     for name, args in variants.items():
         cmd = [str(NEXTFLOW), *args[:-1], "config", "-profile", args[-1], "-o", "json", str(ROOT)]
         procs[name] = (cmd, subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                             text=True, env={**os.environ, "NXF_OFFLINE": "true"}))
+                                             text=True, env=nextflow_env()))
     out = {}
     for name, (cmd, proc) in procs.items():
         stdout, stderr = proc.communicate(timeout=300)

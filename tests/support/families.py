@@ -38,6 +38,7 @@ Everything is seeded: two builds give byte-identical files.
 """
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -794,19 +795,26 @@ def family_paths(out_dir) -> dict[str, Path]:
     return {model_type: Path(out_dir) / FAMILIES_DIR / model_type for model_type in FAMILIES}
 
 
+@functools.lru_cache(maxsize=1)   # the samples of one family in a row load its model once
+def _loaded(model_dir: str):
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    return (AutoProcessor.from_pretrained(model_dir, local_files_only=True),
+            AutoModelForImageTextToText.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32).eval())
+
+
 def native_forward(model_dir, model_type: str, image, prompt: str, caption: str):
     """(input_ids, hidden_states, config) of the model's own forward on the family's native input, built without
     layerwise's input code: the family's processor with its chat template (the caption as the assistant turn;
     `add_special_tokens` only when the template writes no BOS), or PaliGemma's prompt as `text` and the caption
     as `suffix`; float32, `output_hidden_states=True`."""
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from layerwise.models.families import FAMILIES as FAMILY_TABLE
     from layerwise.models.families import PREFIX_SUFFIX
 
-    processor = AutoProcessor.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32).eval()
+    processor, model = _loaded(str(model_dir))
     family = FAMILY_TABLE[model_type]
     if family.prompt_format == PREFIX_SUFFIX:
         enc = processor(text=[prompt], images=[image], suffix=[caption], return_tensors="pt")
