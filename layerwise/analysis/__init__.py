@@ -14,9 +14,17 @@ effect size), `cka` (linear CKA, Gram store), `crosslingual` (matched vs mismatc
 `synthetic` (planted-signal layer files for tests and benchmarks). docs/analysis.md describes
 the methods and every output column.
 """
-from layerwise.analysis.cka import centered_gram, cka_from_grams, linear_cka
-from layerwise.analysis.run import Options, analyze
-from layerwise.analysis.views import DEFAULT_VIEWS, VIEWS, plan_views
+import importlib
 
-__all__ = ["analyze", "Options", "linear_cka", "centered_gram", "cka_from_grams", "VIEWS", "DEFAULT_VIEWS",
-           "plan_views"]
+# Imported on first use (PEP 562): importing a light module of the package (e.g. `params`, for a command's --help or
+# PREFLIGHT's option checks) must not import torch and scikit-learn.
+_PUBLIC = {"analyze": "run", "Options": "run", "linear_cka": "cka", "centered_gram": "cka", "cka_from_grams": "cka",
+           "VIEWS": "views", "DEFAULT_VIEWS": "views", "plan_views": "views"}
+
+__all__ = list(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(f"layerwise.analysis.{_PUBLIC[name]}"), name)
+    raise AttributeError(f"module 'layerwise.analysis' has no attribute {name!r}")

@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 from layerwise.core.errors import LayerwiseError
-from layerwise.publish.validate import validate
 
 
 def main(argv=None) -> int:
@@ -25,6 +24,8 @@ def main(argv=None) -> int:
         plan = json.loads(args.plan.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise LayerwiseError(f"{args.plan}: cannot read the plan: {exc}") from exc
+    from layerwise.publish.validate import validate  # torch: not for --help
+
     meta = validate(plan, args.samplesheet, layer_files, summaries, args.out_dir)
     checks = meta["checks"]
     print(f"validation passed: {meta['totals']['files']} layer files "

@@ -12,28 +12,33 @@ Modules (one job each):
 * `train`     -- `train_layer_sae`: SAELens `SAETrainer` on the provider; save, evaluate (imports SAELens)
 * `synthetic` -- synthetic layer files with planted structure (tests, benchmarks)
 
-Importing `layerwise.sae` does not import SAELens; `train_layer_sae` does, when first called.
+Importing `layerwise.sae` imports nothing heavy (each name on first use); `train_layer_sae` imports SAELens when first called.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from layerwise.sae.evaluate import evaluate_split
-from layerwise.sae.metrics import METRIC_COLUMNS, read_metrics, reconstruction_stats, write_metrics
-from layerwise.sae.options import SAEOptions, SAEOptionsError, option_specs
-from layerwise.sae.outputs import collect_metrics, held_out_ids, read_options, read_split, sae_folder_name
-from layerwise.sae.provider import ActivationProvider
-from layerwise.sae.source import LayerSource, open_sources
-from layerwise.sae.split import is_validation, split_ids, split_mask
+# Imported on first use (PEP 562): a light module of the package (e.g. `options`, for a command's --help or PREFLIGHT's
+# option checks) does not import torch.
+_PUBLIC = {"evaluate_split": "evaluate", "METRIC_COLUMNS": "metrics", "read_metrics": "metrics",
+           "reconstruction_stats": "metrics", "write_metrics": "metrics", "SAEOptions": "options",
+           "SAEOptionsError": "options", "option_specs": "options", "collect_metrics": "outputs",
+           "held_out_ids": "outputs", "read_options": "outputs", "read_split": "outputs", "sae_folder_name": "outputs",
+           "ActivationProvider": "provider", "LayerSource": "source", "open_sources": "source",
+           "is_validation": "split", "split_ids": "split", "split_mask": "split"}
 
-__all__ = ["METRIC_COLUMNS", "ActivationProvider", "LayerSource", "SAEOptions", "SAEOptionsError",
-           "collect_metrics", "evaluate_split", "held_out_ids", "is_validation", "open_sources", "option_specs", "read_metrics",
-           "read_options", "read_split", "reconstruction_stats", "sae_folder_name", "split_ids", "split_mask", "train_layer_sae",
-           "write_metrics"]
+__all__ = sorted([*_PUBLIC, "train_layer_sae"])
 
 
-def train_layer_sae(layer_files, out_dir, options: SAEOptions | None = None, samplesheet=None) -> list[dict[str, Any]]:
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(f"layerwise.sae.{_PUBLIC[name]}"), name)
+    raise AttributeError(f"module 'layerwise.sae' has no attribute {name!r}")
+
+
+def train_layer_sae(layer_files, out_dir, options=None, samplesheet=None, **kwargs) -> list[dict[str, Any]]:
     """See `layerwise.sae.train.train_layer_sae` (imported on first use: it imports SAELens)."""
     from layerwise.sae.train import train_layer_sae as _train
 
-    return _train(layer_files, out_dir, options, samplesheet)
+    return _train(layer_files, out_dir, options, samplesheet, **kwargs)
