@@ -25,7 +25,7 @@ nfcore_pin="nf-core==4.2.1"
 (
     [[ -x .venv-nfcore/bin/python ]] || "$python" -m venv .venv-nfcore
     if [[ "$(cat .venv-nfcore/.requirements 2>/dev/null)" != "$nfcore_pin" ]]; then
-        .venv-nfcore/bin/pip install -q --disable-pip-version-check --no-compile "$nfcore_pin"
+        .venv-nfcore/bin/pip install -q --disable-pip-version-check "$nfcore_pin"
         echo "$nfcore_pin" > .venv-nfcore/.requirements
     fi
 ) >"$logs/nf-core.log" 2>&1 &
@@ -45,9 +45,9 @@ trap 'kill "$nextflow_pid" "$nfcore_pid" 2>/dev/null || true; rm -rf "$logs"' EX
 stamp=.venv/.requirements.sha256
 want=$(cat requirements.txt requirements-test.txt | sha256sum | cut -d' ' -f1)
 if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
-    # --no-compile: the ~20,000 modules of the environment are byte-compiled when first imported (the few hundred
-    # the pipeline uses), not all at install time (about 40 CPU-seconds)
-    .venv/bin/pip install -q --disable-pip-version-check --no-compile -r requirements-test.txt
+    # byte-compiled at install (pip's default): where PYTHONDONTWRITEBYTECODE is set, as on CI, every process would
+    # otherwise compile torch and transformers from source at each import
+    .venv/bin/pip install -q --disable-pip-version-check -r requirements-test.txt
     echo "$want" > "$stamp"
 fi
 .venv/bin/python scripts/make-fixtures.py --out tests/fixtures/build
