@@ -37,6 +37,7 @@ from tests.support.pipeline_helpers import (
     trace_rows,
     wait_for,
 )
+from tests.support.sheets import write_sheet
 
 LANGUAGES = ("english", "arabic")
 NUM_LAYERS, HIDDEN, N_SAMPLES = 6, 64, 12
@@ -305,11 +306,7 @@ def test_execution_only_settings_and_one_caption_rerun_only_what_reads_them(tmp_
         r["image"] = str((samplesheet.parent / r["image"]).resolve())
     edited = rows[8]["sample_id"]                  # shard 1 holds rows 6-11
     rows[8]["caption_english"] = rows[8]["caption_english"].rstrip(".") + ", smiling."
-    sheet = tmp_path / "edited.csv"
-    with open(sheet, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    sheet = write_sheet(rows, tmp_path / "edited.csv")
     results = tmp_path / "results"
     shutil.copytree(finished_run.outdir, results)
     stages = ("sae", "analysis", "intervention")
@@ -391,12 +388,7 @@ def _own_sheet(tmp_path: Path, samplesheet: Path) -> Path:
         src = samplesheet.parent / r["image"]
         shutil.copy(src, images / src.name)
         r["image"] = f"images/{src.name}"
-    path = tmp_path / "samples.csv"
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
+    return write_sheet(rows, tmp_path / "samples.csv")
 
 
 def _extract_status(run) -> dict[str, str]:
@@ -499,12 +491,7 @@ def _truncated_image_sheet(tmp_path: Path, samplesheet: Path) -> Path:
     data = src.read_bytes()
     cut.write_bytes(data[: len(data) // 2])
     rows[4]["image"] = str(cut)
-    path = tmp_path / "broken.csv"
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
+    return write_sheet(rows, tmp_path / "broken.csv")
 
 
 def _assert_failed_early(run, needles, in_preflight):

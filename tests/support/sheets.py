@@ -31,7 +31,14 @@ def resized_sheet(fixture_dir: str | Path, folder: str | Path, sizes) -> Path:
         with Image.open(Path(fixture_dir) / "data" / r["image"]) as img:
             img.convert("RGB").resize(size).save(folder / f"{r['sample_id']}.png")
         r["image"] = f"{r['sample_id']}.png"
-    path = folder / "samples.csv"
+    return write_sheet(rows, folder / "samples.csv")
+
+
+def write_sheet(rows: list[dict[str, str]], path: str | Path) -> Path:
+    """A user's samplesheet (CSV, the columns of the first row) at `path`."""
+    import csv
+
+    path = Path(path)
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
